@@ -6,7 +6,7 @@ A code cell starting with `# %% tags=["parameters"]` gets that cell tag (papermi
 
     python tools/py2nb.py scratch.py nbs/10_calo.geometry.ipynb
 """
-import json, re, sys
+import json, re, sys, hashlib
 from pathlib import Path
 
 def py2nb(src: str) -> dict:
@@ -18,7 +18,7 @@ def py2nb(src: str) -> dict:
         while lines and not lines[0].strip(): lines.pop(0)
         if kind == 'markdown': lines = [re.sub(r'^# ?', '', l) for l in lines]
         text = '\n'.join(lines)
-        c = dict(cell_type=kind, metadata={}, source=text)
+        c = dict(cell_type=kind, id=hashlib.sha1(f'{len(cells)}:{text}'.encode()).hexdigest()[:8], metadata={}, source=text)
         if tags: c['metadata']['tags'] = tags
         if kind == 'code': c.update(execution_count=None, outputs=[])
         cells.append(c)

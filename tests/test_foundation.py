@@ -1,0 +1,86 @@
+"""Foundation: the vml-run console script end to end, its bad-input messages, README sync, kernel, packaging."""
+import json, subprocess, sys
+from pathlib import Path
+import pytest
+from vallecorsa_ml.pipeline import make_test_notebook
+from vallecorsa_ml.core import repo_root
+
+BIN = Path(sys.executable).parent
+ROOT = repo_root()
+
+def sh(*args, cwd=None):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd)
+
+@pytest.fixture
+def nbs(tmp_path):
+    d = tmp_path/'nbs'
+    make_test_notebook(d/'10_ok.ipynb', "from vallecorsa_ml.core import run_folder, save_metrics, pick\n"
+                       "out = run_folder(out_dir, '10_ok')\nsave_metrics({'answer': pick(profile, 1, 42)}, out)")
+    make_test_notebook(d/'11_broken.ipynb', "1/0")
+    make_test_notebook(d/'12_noparams.ipynb', "x = 1", parameters=None)
+    return d
+
+def test_vml_run_end_to_end(nbs, tmp_path):
+    r = sh(BIN/'vml-run', nbs/'10_ok.ipynb', nbs/'11_broken.ipynb', '--profile', 'quick', '--runs', tmp_path/'runs')
+    assert r.returncode == 1, r.stderr           # one notebook failed → non-zero
+    assert '11_broken' in r.stderr and 'Traceback' not in r.stderr
+    (run,) = list((tmp_path/'runs').iterdir())
+    assert json.loads((run/'10_ok'/'metrics.json').read_text()) == {'answer': 42}
+    assert (run/'10_ok'/'10_ok.ipynb').exists() and (run/'11_broken'/'11_broken.ipynb').exists()
+    md = (run/'report.md').read_text()
+    assert 'FAILED: ZeroDivisionError: division by zero' in md and 'answer=42' in md
+    assert (run/'report.html').read_text().count('<tr>') >= 3
+
+def test_vml_run_all_ok_exits_zero(nbs, tmp_path):
+    r = sh(BIN/'vml-run', nbs/'10_ok.ipynb', '--profile', 'smoke', '--runs', tmp_path/'runs')
+    assert r.returncode == 0, r.stderr
+    assert 'report:' in r.stdout and '(1/1 ok)' in r.stdout
+
+@pytest.mark.parametrize('args,msg', [
+    (['--profile', 'turbo'], "vml-run: error: 'profile': unknown profile 'turbo'; choose one of smoke, quick, full"),
+    (['does_not_exist.ipynb'], "vml-run: error: does_not_exist.ipynb: notebook not found"),
+])
+def test_vml_run_bad_input_one_line(args, msg, tmp_path):
+    r = sh(BIN/'vml-run', *args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == msg and r.stdout == ''
+
+def test_vml_run_no_parameters_cell(nbs, tmp_path):
+    r = sh(BIN/'vml-run', nbs/'12_noparams.ipynb', '--runs', tmp_path/'runs')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "has no cell tagged 'parameters'" in r.stderr
+
+def test_every_console_script_has_help():
+    from vallecorsa_ml.cli import vml_commands
+    cmds = vml_commands()
+    assert {'vml-run', 'vml-docs'} <= set(cmds)
+    for c in cmds:
+        r = sh(BIN/c, '--help')
+        assert r.returncode == 0 and 'usage:' in r.stdout, (c, r.stderr[-500:])
+
+def test_readme_is_generated_from_index(tmp_path):
+    from vallecorsa_ml.docs import index_to_readme
+    fresh = index_to_readme(out=tmp_path/'README.md').read_text()
+    assert fresh == (ROOT/'README.md').read_text(), "README.md is stale: run `make readme` and commit"
+
+def test_notebooks_use_the_project_kernel():
+    # JupyterLab from .venv opens the notebooks (kernelspec python3) with .venv's own interpreter
+    from jupyter_client.kernelspec import KernelSpecManager
+    spec = KernelSpecManager().get_kernel_spec('python3')
+    exe = spec.argv[0]
+    assert exe in (sys.executable, 'python') or Path(exe).resolve() == Path(sys.executable).resolve(), spec.argv
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        ks = json.loads(nb.read_text())['metadata'].get('kernelspec', {})
+        assert ks.get('name', 'python3') == 'python3', nb.name
+
+def test_dependency_ranges_admit_the_working_torch_pair():
+    import tomllib
+    from packaging.requirements import Requirement
+    deps = {Requirement(d).name: Requirement(d) for d in tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['dependencies']}
+    assert deps['torch'].specifier.contains('2.14.1') and not deps['torch'].specifier.contains('2.15.0')
+    assert deps['torchvision'].specifier.contains('0.29.1')
+    assert deps['pythia8mc'].specifier.contains('8.317.2') and not deps['pythia8mc'].specifier.contains('8.318.0')
+
+def test_data_folder_is_small():
+    total = sum(p.stat().st_size for p in (ROOT/'data').rglob('*') if p.is_file())
+    assert total < 20 * 2**20, f"data/ holds {total/2**20:.1f} MB (limit 20 MB)"
