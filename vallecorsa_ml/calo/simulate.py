@@ -408,7 +408,7 @@ def calibrate(E, showers, base: Detector, mesh='ds2', iterations: int = 2, seed:
                       stochastic=float(det.stochastic*np.sqrt(v_ref/v_sim)))
     return det
 
-# %% ../../nbs/12_calo.simulate.ipynb #a0bd5b25
+# %% ../../nbs/12_calo.simulate.ipynb #e3b05d0f
 _UNITS = {'mev': 1.0, 'gev': 1e3, 'tev': 1e6}
 
 def parse_energy(spec: str) -> tuple:
@@ -438,7 +438,7 @@ def parse_range(spec, name: str) -> tuple | None:
 @call_parse
 @cli_errors('vml-simulate')
 def vml_simulate(
-    out: str,                  # Output HDF5 file (CaloChallenge layout, or 3DGAN with --fmt 3dgan)
+    out: str = None,           # Output HDF5 file (CaloChallenge layout, or 3DGAN with --fmt 3dgan)
     particle: str = 'e-',      # e-, e+, gamma
     energy: str = '1-100GeV',  # fixed ('50GeV') or range ('1-100GeV', log-uniform); MeV/GeV/TeV
     n: int = 1000,             # Number of showers
@@ -451,6 +451,7 @@ def vml_simulate(
     quiet: bool = False,       # No progress bar / summary
 ):
     "Simulate showers with the built-in parametric Monte Carlo and write them to an HDF5 file."
+    if not out: raise VMLInputError("give the output file with --out", field='out')
     if n < 1: raise VMLInputError(f"must be >= 1, got {n}", field='n')
     lo, hi = parse_energy(energy)
     rng = np.random.default_rng([seed, 1])
