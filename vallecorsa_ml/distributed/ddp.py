@@ -25,9 +25,9 @@ from ..core import (VMLError, VMLInputError, cli_errors, atomic_write, save_json
 # %% auto #0
 __all__ = ['LR_RULES', 'TDP_PER_CORE_W', 'CARBON_G_PER_KWH', 'J_PER_KWH', 'SAMPLING_FRACTION', 'TASKS', 'scaled_lr',
            'warmup_factor', 'rapl_domains', 'rapl_delta_j', 'EnergyMeter', 'energy_account', 'unwrap', 'StepContext',
-           'TrainTask', 'RegressorTask', 'ProfileGANTask', 'register_task', 'make_task', 'TrainConfig', 'dist_env',
-           'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch', 'params_of', 'max_param_diff',
-           'vml_train']
+           'TrainTask', 'RegressorTask', 'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task',
+           'TrainConfig', 'dist_env', 'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch',
+           'params_of', 'max_param_diff', 'vml_train']
 
 # %% ../../nbs/60_distributed.ddp.ipynb #e47fc729
 LR_RULES = ('linear', 'sqrt', 'none')
@@ -142,7 +142,7 @@ class TrainTask:
     @torch.no_grad()
     def metrics(self, models: dict, valid: Dataset) -> dict: return {}
 
-# %% ../../nbs/60_distributed.ddp.ipynb #19741038
+# %% ../../nbs/60_distributed.ddp.ipynb #954f94b2
 SAMPLING_FRACTION = 0.0320        # sum(showers)/E for the ds2 Geant4 electrons (shared/data/g4/README.md)
 
 def _g4_split(n_train: int, n_valid: int, kind: str = 'electrons', shipped: bool = True):
@@ -155,11 +155,11 @@ def _g4_split(n_train: int, n_valid: int, kind: str = 'electrons', shipped: bool
 class RegressorTask(TrainTask):
     "Shower → log10(E/GeV) MLP on Geant4 showers; metrics: energy resolution and response vs Σcells/0.032."
     name = 'regressor'
-    target = ('resolution', 0.25, 'min')
+    target = ('valid_mse', 0.01, 'min')
     def __init__(self, n_train: int = 384, n_valid: int = 116, hidden: int = 64, kind: str = 'electrons', shipped: bool = True):
         self.n_train, self.n_valid, self.hidden, self.kind, self.shipped = n_train, n_valid, hidden, kind, shipped
     def _ds(self, d):
-        x = torch.as_tensor(np.log1p(d.showers.reshape(len(d), -1)), dtype=torch.float32)
+        x = torch.as_tensor(d.showers.reshape(len(d), -1)/10.0, dtype=torch.float32)      # cells in units of 10 MeV
         y = torch.as_tensor(np.log10(d.energies/1e3), dtype=torch.float32)[:, None]
         ds = TensorDataset(x, y); ds.energies = d.energies; ds.esum = d.showers.reshape(len(d), -1).sum(1)
         return ds
@@ -168,7 +168,8 @@ class RegressorTask(TrainTask):
         return self._ds(tr), self._ds(va)
     def make_models(self):
         n_in = 45*16*9
-        return {'net': nn.Sequential(nn.Linear(n_in, self.hidden), nn.SiLU(), nn.LayerNorm(self.hidden),
+        # no normalisation layer: the energy scale is the signal (a LayerNorm would divide it out)
+        return {'net': nn.Sequential(nn.Linear(n_in, self.hidden), nn.SiLU(),
                                      nn.Linear(self.hidden, self.hidden), nn.SiLU(), nn.Linear(self.hidden, 1))}
     def loss(self, models, batch, ctx):
         x, y = batch
@@ -182,6 +183,17 @@ class RegressorTask(TrainTask):
         ref = valid.esum/SAMPLING_FRACTION/valid.energies
         return {'valid_mse': float(((pred - y)**2).mean()), 'resolution': float(np.std(ratio)), 'response': float(np.mean(ratio)),
                 'resolution_sum_cells': float(np.std(ref)), 'response_sum_cells': float(np.mean(ref))}
+
+class ProfileGenerator(nn.Module):
+    "(noise, log10 E) → profile = softmax(shape logits) × exp(0.1·t): a shape that sums to 1 times a total near 1."
+    def __init__(self, latent: int = 8, hidden: int = 64, n_layers: int = 45):
+        super().__init__()
+        self.L = n_layers
+        self.net = nn.Sequential(nn.Linear(latent + 1, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+                                 nn.Linear(hidden, n_layers + 1))
+    def forward(self, x):
+        o = self.net(x)
+        return torch.softmax(o[:, :self.L], 1)*torch.exp(0.1*o[:, self.L:])
 
 class ProfileGANTask(TrainTask):
     "Conditional GAN of 45-layer longitudinal profiles (units of 0.032·E); metrics: sampling fraction, shower max."
@@ -199,7 +211,7 @@ class ProfileGANTask(TrainTask):
         return self._ds(tr), self._ds(va)
     def make_models(self):
         h, L = self.hidden, 45
-        g = nn.Sequential(nn.Linear(self.latent + 1, h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, L), nn.Softplus())
+        g = ProfileGenerator(self.latent, h, L)
         d = nn.Sequential(nn.Linear(L + 1, h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
         return {'gen': g, 'disc': d}
     def make_optimizers(self, models, lr):
@@ -250,7 +262,7 @@ def _load_adapters():
     "Register the calo GAN / diffusion adapters when their modules are present (see the end of this notebook)."
     pass
 
-# %% ../../nbs/60_distributed.ddp.ipynb #1e7c5606
+# %% ../../nbs/60_distributed.ddp.ipynb #2ec17108
 @dataclass
 class TrainConfig:
     "One training run (JSON-serialisable; every torchrun worker reads the same one)."
@@ -348,6 +360,12 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         if own_group: dist.destroy_process_group()
 
+def _steady_median(step_times, start):
+    "Median step time, leaving out the first epoch of the run (warm-up) when there are later ones."
+    later = [t for e, t in step_times if e > start]
+    ts = later or [t for _, t in step_times]
+    return float(np.median(ts)) if ts else float('nan')
+
 def _train(cfg, rank, world, local_rank, dev):
     if cfg.global_batch % world: raise VMLInputError(f"global_batch {cfg.global_batch} is not divisible by {world} processes", field='global_batch')
     out = Path(cfg.out) if cfg.out else None
@@ -391,7 +409,7 @@ def _train(cfg, rank, world, local_rank, dev):
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     logs.append(task.train_step(wrapped, opts, _to(batch, dev), ctx))
                 if dev.type == 'cuda': torch.cuda.synchronize(dev)
-                step_times.append(time.perf_counter() - t0)
+                step_times.append((epoch, time.perf_counter() - t0))
                 n_ep += per_rank*world; step_global += 1
             ep_s = time.perf_counter() - t_ep
         train_s += ep_s; samples += n_ep
@@ -418,7 +436,7 @@ def _train(cfg, rank, world, local_rank, dev):
                'lr': lr, 'lr_rule': cfg.lr_rule, 'epochs': cfg.epochs, 'start_epoch': start, 'device': str(dev),
                'threads_per_rank': torch.get_num_threads(), 'train_s': train_s, 'samples': samples,
                'samples_per_s': samples/train_s if train_s > 0 else float('nan'),
-               'step_s_median': float(np.median(step_times)) if step_times else float('nan'), 'cpu_s_all_ranks': cpu_s}
+               'step_s_median': _steady_median(step_times, start), 'cpu_s_all_ranks': cpu_s}
     if dev.type == 'cuda':
         summary['gpu_peak_mem_mb'] = torch.cuda.max_memory_allocated(dev)/2**20
         gj = cfg.gpu_w*train_s*world
@@ -429,7 +447,7 @@ def _train(cfg, rank, world, local_rank, dev):
         save_json({**summary, 'history': history}, out/'metrics.json')
     return {**summary, 'history': history}
 
-# %% ../../nbs/60_distributed.ddp.ipynb #4276641c
+# %% ../../nbs/60_distributed.ddp.ipynb #265aab4e
 _WORKER = "import sys; from vallecorsa_ml.distributed.ddp import _worker_main; _worker_main(sys.argv[1])"
 
 def _worker_main(cfg_path: str):
@@ -478,7 +496,7 @@ def max_param_diff(a: dict, b: dict) -> float:
     if a.keys() != b.keys(): raise VMLInputError("the checkpoints hold different parameters", field='models')
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
-# %% ../../nbs/60_distributed.ddp.ipynb #02a34b71
+# %% ../../nbs/60_distributed.ddp.ipynb #ce876b80
 @call_parse
 @cli_errors('vml-train')
 def vml_train(task: str = 'regressor',       # registered task: regressor, profile_gan (+ calo adapters when present)
@@ -496,6 +514,7 @@ def vml_train(task: str = 'regressor',       # registered task: regressor, profi
               threads: int = 0,              # torch threads per process (0: cores // nproc)
               bf16: bool = False,            # bfloat16 autocast
               task_args: str = '{}',         # JSON dict of task arguments
+              save_rank_params: bool = False,  # every rank writes rank<r>_params.pt (replica checks)
               ):
     "Data-parallel training of a registered task on 1..N processes (torchrun, gloo/NCCL); prints the summary."
     try: targs = json.loads(task_args)
@@ -503,8 +522,9 @@ def vml_train(task: str = 'regressor',       # registered task: regressor, profi
     if not isinstance(targs, dict): raise VMLInputError("must be a JSON object", field='task_args')
     if resume and not Path(resume).exists(): raise VMLInputError("checkpoint not found", file=resume)
     make_task(task, **targs)  # validate names and arguments before starting processes
-    cfg = TrainConfig(task, targs, epochs, batch, lr, base_batch, lr_rule, warmup, seed,
-                      out or str(run_folder(None, f'vml-train-{task}')), resume, device, threads, '', bf16).check()
+    cfg = TrainConfig(task=task, task_args=targs, epochs=epochs, global_batch=batch, lr=lr, base_batch=base_batch,
+                      lr_rule=lr_rule, warmup_steps=warmup, seed=seed, out=out or str(run_folder(None, f'vml-train-{task}')),
+                      resume=resume, device=device, threads=threads, bf16=bf16, save_rank_params=save_rank_params).check()
     worker = 'LOCAL_RANK' in os.environ
     s = train(cfg) if worker else launch(cfg, nproc)
     if dist_env()[0] == 0:
