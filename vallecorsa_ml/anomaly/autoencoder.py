@@ -16,7 +16,7 @@ from ..core import VMLInputError, seed_everything, cache_dir, atomic_write
 from .events import N_CONST, load_events
 
 # %% auto #0
-__all__ = ['chamfer', 'kl_normal', 'ParticleAE', 'AELoss', 'train_autoencoder', 'ae_scores', 'anomaly_protocol',
+__all__ = ['chamfer', 'kl_normal', 'ParticleAE', 'AELoss', 'torch_threads', 'train_autoencoder', 'ae_scores', 'anomaly_protocol',
            'cached_autoencoder']
 
 # %% ../../nbs/21_anomaly.autoencoder.ipynb #ae0d6e3e
@@ -88,10 +88,23 @@ class AELoss(nn.Module):
         if logvar is not None: loss = loss + self.beta * kl_normal(mu, logvar)
         return loss.mean()
 
-# %% ../../nbs/21_anomaly.autoencoder.ipynb #6c3f86ee
+# %% ../../nbs/21_anomaly.autoencoder.ipynb #ef853dc0
+class torch_threads:
+    "Context manager running torch with `n` intra-op threads (restored afterwards)."
+    def __init__(self, n: int | None): self.n = n
+    def __enter__(self):
+        self.prev = torch.get_num_threads()
+        if self.n: torch.set_num_threads(self.n)
+    def __exit__(self, *exc): torch.set_num_threads(self.prev)
+
 def train_autoencoder(jets: np.ndarray, latent: int = 8, variational: bool = False, epochs: int = 10, bs: int = 256,
-                      lr: float = 3e-3, beta: float = 0.05, seed: int = 0, valid_frac: float = 0.1, bf16: bool = False):
+                      lr: float = 3e-3, beta: float = 0.05, seed: int = 0, valid_frac: float = 0.1, bf16: bool = False,
+                      threads: int | None = 1):
     "Train a `ParticleAE` on jets (M, 100, 3) with fastai; return the model (eval mode) and the loss history."
+    with torch_threads(threads):
+        return _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, valid_frac, bf16)
+
+def _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, valid_frac, bf16):
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner)
@@ -113,12 +126,14 @@ def train_autoencoder(jets: np.ndarray, latent: int = 8, variational: bool = Fal
     hist = [dict(epoch=i, train_loss=float(v[0]), valid_loss=float(v[1])) for i, v in enumerate(learn.recorder.values)]
     return model.eval(), hist
 
-@torch.no_grad()
-def ae_scores(model: ParticleAE, constituents: np.ndarray, bs: int = 2048) -> dict:
+def ae_scores(model: ParticleAE, constituents: np.ndarray, bs: int = 2048, threads: int | None = 1) -> dict:
     "Per event (N, 2, 100, 3): latent μ (N, 2, ℓ), reconstruction Chamfer loss and KL summed over both jets."
     c = np.asarray(constituents, np.float32)
     if c.ndim != 4 or c.shape[1:] != (2, N_CONST, 3):
         raise VMLInputError(f"constituents must have shape (N, 2, {N_CONST}, 3), got {c.shape}", field='constituents')
+    with torch_threads(threads), torch.no_grad(): return _ae_scores(model, c, bs)
+
+def _ae_scores(model, c, bs):
     model.eval(); lat, rec, kl = [], [], []
     x = torch.tensor(c.reshape(-1, N_CONST, 3))
     for i in range(0, len(x), bs):
@@ -132,7 +147,7 @@ def ae_scores(model: ParticleAE, constituents: np.ndarray, bs: int = 2048) -> di
 def anomaly_protocol(profile: str) -> dict:
     "Sizes of the study per profile: QCD events for the autoencoders (`n_ae`), the kernel machines (`n_km`), test events per class."
     from vallecorsa_ml.core import pick
-    return dict(n_ae=pick(profile, 200, 1600, 10000), epochs=pick(profile, 3, 12, 30),
+    return dict(n_ae=pick(profile, 200, 1000, 10000), epochs=pick(profile, 2, 8, 30),
                 latents=pick(profile, (4, 8), (4, 8, 16)), n_km=pick(profile, 100, 600, 600),
                 n_test=pick(profile, 100, 800, 10000), folds=5)
 

@@ -54,13 +54,13 @@ def process_settings(process: str, seed: int = 0) -> list[str]:
         raise VMLInputError(f"seed must be an integer in [0, 900000000], got {seed!r}", field='seed')
     return [*BASE_SETTINGS, "Random:setSeed = on", f"Random:seed = {int(seed)}", *PROCESSES[process]['settings']]
 
-# %% ../../nbs/20_anomaly.events.ipynb #631cae32
+# %% ../../nbs/20_anomaly.events.ipynb #39efacb4
 def delta_phi(a, b):
     "φ_a − φ_b wrapped into [−π, π)."
     return (np.asarray(a) - np.asarray(b) + np.pi) % (2 * np.pi) - np.pi
 
 def constituent_list(pt, eta, phi, jet_eta: float, jet_phi: float, n: int = N_CONST) -> np.ndarray:
-    "The `n` hardest constituents as rows (pT, Δη, Δφ) relative to the jet axis, sorted by pT, zero-padded."
+    "The `n` hardest constituents as rows (pT, Δy, Δφ) relative to the jet axis, sorted by pT, zero-padded (y: rapidity, as FastJet clusters)."
     pt, eta, phi = map(np.asarray, (pt, eta, phi))
     order = np.argsort(-pt, kind='stable')[:n]
     out = np.zeros((n, 3), np.float32)
@@ -81,7 +81,7 @@ def nsubjettiness(pt, eta, phi, axes_eta, axes_phi, R0: float = JET_R) -> float:
     dr = np.sqrt((eta[:, None] - np.asarray(axes_eta)[None]) ** 2 + delta_phi(phi[:, None], np.asarray(axes_phi)[None]) ** 2)
     return float((pt * dr.min(1)).sum() / (pt.sum() * R0))
 
-# %% ../../nbs/20_anomaly.events.ipynb #6600b052
+# %% ../../nbs/20_anomaly.events.ipynb #d94b1b92
 def _pj(px, py, pz, e):
     import fastjet as fj
     return [fj.PseudoJet(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(px, py, pz, e)]
@@ -107,13 +107,13 @@ def tau21(constituents, R0: float = JET_R) -> float:
     import fastjet as fj
     constituents = list(constituents)
     if len(constituents) < 2: return 1.0
-    pt = np.array([c.pt() for c in constituents]); eta = np.array([c.eta() for c in constituents])
+    pt = np.array([c.pt() for c in constituents]); eta = np.array([c.rap() for c in constituents])
     phi = np.array([c.phi() for c in constituents])
     cs = fj.ClusterSequence(constituents, fj.JetDefinition(fj.kt_algorithm, 10.0))
     taus = []
     for n in (1, 2):
         ax = cs.exclusive_jets(n)
-        taus.append(nsubjettiness(pt, eta, phi, [a.eta() for a in ax], [a.phi() for a in ax], R0))
+        taus.append(nsubjettiness(pt, eta, phi, [a.rap() for a in ax], [a.phi() for a in ax], R0))
     return taus[1] / taus[0] if taus[0] > 0 else 1.0
 
 def dijet_event(px, py, pz, e, pt_min: float = 200., eta_max: float = 2.5):
@@ -125,16 +125,16 @@ def dijet_event(px, py, pz, e, pt_min: float = 200., eta_max: float = 2.5):
     consts, imgs, feats, kin = [], [], [], []
     for j in jets:
         cj = list(j.constituents())
-        pt = np.array([c.pt() for c in cj]); eta = np.array([c.eta() for c in cj]); phi = np.array([c.phi() for c in cj])
-        c = constituent_list(pt, eta, phi, j.eta(), j.phi())
+        pt = np.array([c.pt() for c in cj]); eta = np.array([c.rap() for c in cj]); phi = np.array([c.phi() for c in cj])
+        c = constituent_list(pt, eta, phi, j.rap(), j.phi())
         consts.append(c); imgs.append(jet_image(c))
         feats.append([max(j.m(), 0.0), softdrop_mass(cj), tau21(cj), len(cj)])
-        kin.append([j.pt(), j.eta(), j.phi()])
+        kin.append([j.pt(), j.rap(), j.phi()])
     jj = jets[0] + jets[1]
     return dict(constituents=np.stack(consts), images=np.stack(imgs), jet_features=np.array(feats, np.float32),
                 jet_kinematics=np.array(kin, np.float32), mjj=np.float32(max(jj.m(), 0.0)))
 
-# %% ../../nbs/20_anomaly.events.ipynb #42e15998
+# %% ../../nbs/20_anomaly.events.ipynb #703c1db0
 EVENT_KEYS = ('constituents', 'images', 'jet_features', 'jet_kinematics', 'mjj')
 
 def _final_state(event):
@@ -182,8 +182,8 @@ def generate_events(process: str, n: int, seed: int = 0, workers: int = 2, chunk
                 resonance_mass_GeV=PROCESSES[process]['mass'] or 0.0, label=PROCESSES[process]['label'],
                 settings=json.dumps(process_settings(process, seed)), chunk_seeds=json.dumps([int(s) for s in seeds]),
                 seconds=secs, events_per_s=len(data['mjj']) / secs, units='GeV, radians',
-                jet_features=json.dumps(JET_FEATURES), jet_kinematics=json.dumps(['pt', 'eta', 'phi']),
-                constituents='(event, jet, 100, [pT, deta, dphi]) 100 hardest, zero-padded', generator='pythia8mc 8.317 + fastjet anti-kT R=0.8')
+                jet_features=json.dumps(JET_FEATURES), jet_kinematics=json.dumps(['pt', 'y', 'phi']),
+                constituents='(event, jet, 100, [pT, dy, dphi]) 100 hardest, zero-padded', generator='pythia8mc 8.317 + fastjet anti-kT R=0.8')
     return data, meta
 
 # %% ../../nbs/20_anomaly.events.ipynb #938cf2c3
