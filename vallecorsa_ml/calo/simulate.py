@@ -16,12 +16,13 @@ from .geometry import get_geometry, CylMesh, CartMesh, DS2
 from .data import ShowerData, write_showers
 
 # %% auto #0
-__all__ = ['DETECTORS', 'PARTICLES', 'MAX_SPOTS', 'ENERGY_BINS', 'G4_CPU_S_PER_GEV', 'Detector', 'get_detector', 'long_moments',
-           'sample_longitudinal', 'profile_moments', 'shower_max', 'radial_params', 'radial_cdf', 'tilt_modulation',
-           'simulate', 'response_table', 'fit_longitudinal', 'fit_radial', 'phi_asymmetry', 'fit_angles', 'calibrate',
-           'parse_energy', 'parse_range', 'vml_simulate', 'bench_simulator', 'vml_bench_sim']
+__all__ = ['DETECTORS', 'PARTICLES', 'TE', 'MAX_SPOTS', 'ENERGY_BINS', 'SI_MIP_PER_X0', 'G4_CPU_S_PER_GEV', 'Detector',
+           'get_detector', 'long_moments', 'sample_longitudinal', 'profile_moments', 'shower_max', 'radial_params',
+           'radial_cdf', 'tilt_modulation', 'simulate', 'response_table', 'fit_longitudinal', 'fit_radial',
+           'phi_asymmetry', 'fit_angles', 'fit_entrance', 'calibrate', 'parse_energy', 'parse_range', 'vml_simulate',
+           'bench_simulator', 'vml_bench_sim']
 
-# %% ../../nbs/12_calo.simulate.ipynb #e55a2c4d
+# %% ../../nbs/12_calo.simulate.ipynb #dce3e48c
 @dataclass(frozen=True)
 class Detector:
     "Material and response parameters of a calorimeter for the parametric simulator (lengths mm, energies MeV)."
@@ -41,6 +42,7 @@ class Detector:
     tilt_phi: float = 0.0      # azimuthal modulation 1 + k cos(phi) of tilted showers: k = tilt*tilt_phi*g(r) (see `tilt_modulation`)
     tilt_r: float = 8.0        # radius [mm] where the modulation peaks
     tilt_sf: float = 0.0       # relative change of the sampling fraction per rad^2 of tilt
+    entrance: tuple = (0.0, 0.0, 1000.0)  # e± only, first TE X0: MIP [visible MeV/X0], and c [MeV], E1 [MeV] of c ln(E/E1)
     def __post_init__(self):
         for k in ('X0', 'RM', 'Ec', 'Z', 'sampling_fraction', 'stochastic', 'spot_shape', 'tilt_r'):
             v = getattr(self, k)
@@ -50,6 +52,7 @@ class Detector:
         if self.constant < 0: raise VMLInputError(f"must be >= 0, got {self.constant}", field='constant')
         if len(self.long) != 10: raise VMLInputError(f"needs 10 coefficients, got {len(self.long)}", field='long')
         if len(self.radial) != 12: raise VMLInputError(f"needs 12 coefficients, got {len(self.radial)}", field='radial')
+        if len(self.entrance) != 3: raise VMLInputError(f"needs 3 coefficients, got {len(self.entrance)}", field='entrance')
     @property
     def spot_energy(self) -> float:
         "Incident-energy equivalent [MeV] of one spot: Poisson spots with Gamma(k) energies give sigma/E = a/sqrt(E)."
@@ -57,11 +60,11 @@ class Detector:
 
 DETECTORS = {
     # calibrated on ../shared/data/g4 (8000 e- 1-100 GeV, 4000 photons with angles) by `calibrate` + `fit_angles` below
-    'w_si': Detector('w_si', X0=1.7/0.4028, RM=10.9, Ec=7.97, Z=74, sampling_fraction=0.03242, layer_pitch=1.7,
-                     stochastic=0.1292, constant=0.0, spot_shape=1.0,
-                     long=(0.8339, 1.0309, 0.0832, 1.2175, -0.2995, 0.5803, -0.999, 0.9389, 0.192, 0.049),
+    'w_si': Detector('w_si', X0=1.7/0.4028, RM=10.9, Ec=7.97, Z=74, sampling_fraction=0.0324, layer_pitch=1.7,
+                     stochastic=0.1298, constant=0.0, spot_shape=1.0,
+                     long=(0.9127, 1.0204, 0.3369, 1.1818, -0.3345, 0.5846, -0.4271, 0.858, 0.1184, 0.0593),
                      radial=(0.1046, 0.0, 0.1187, 0.549, 0.373, -4.11, 0.307, 0.048, 2.605, 0.4361, 0.9954, 0.0028),
-                     photon_delay=-0.297, tilt_phi=0.2631, tilt_r=9.148, tilt_sf=0.0372),
+                     photon_delay=-0.291, tilt_phi=0.2631, tilt_r=9.148, tilt_sf=0.0372, entrance=(0.288, 0.3597, 3499.0)),
     # homogeneous PbWO4: PDG material constants, GFlash homogeneous longitudinal law (Z=68.4), not calibrated
     'pbwo4': Detector('pbwo4', X0=8.903, RM=19.59, Ec=9.64, Z=68.4, sampling_fraction=1.0, layer_pitch=0.0,
                       stochastic=0.028, constant=0.003, spot_shape=1.0),
@@ -141,7 +144,7 @@ def tilt_modulation(tilt, r, det: Detector):
     x = np.asarray(r, float)/det.tilt_r
     return np.clip(np.asarray(tilt, float)*det.tilt_phi*x**2*np.exp(2*(1 - x)), -0.9, 0.9)
 
-# %% ../../nbs/12_calo.simulate.ipynb #f84572dc
+# %% ../../nbs/12_calo.simulate.ipynb #425a491a
 def _as_array(v, n, name, default):
     if v is None: return np.full(n, default, float)
     a = np.asarray(v, float).reshape(-1)
@@ -149,6 +152,8 @@ def _as_array(v, n, name, default):
     if a.size != n: raise VMLInputError(f"has {a.size} values for {n} energies", field=name)
     if not np.all(np.isfinite(a)): raise VMLInputError("must be finite", field=name)
     return a
+
+TE = 0.8            # X0: depth of the entrance region (2 W/Si layers of the reference detector)
 
 MAX_SPOTS = 30000   # per shower on a Cartesian mesh; above it spots get bigger and the total is rescaled
 
@@ -173,6 +178,11 @@ def _simulate_chunk(E, theta, det, mesh, rng, particle):
     coarse = e_inc > det.spot_energy                                        # showers with enlarged spots
     e_vis = e_inc*sf                                                        # visible MeV per spot (n,)
     mu = (E/e_inc)[:, None]*np.diff(G, axis=1)                              # expected spots per slice (n, n_gen)
+    charged = PARTICLES[particle] == 'e' and (det.entrance[0] > 0 or det.entrance[1] > 0)
+    if charged:   # early deposits that the gamma profile (zero at t = 0) misses: extra spots in the first TE X0
+        fe = np.clip((np.minimum(edges[1:], TE) - edges[:-1])/TE, 0, 1)        # share of [0, TE] per slice
+        extra = det.entrance[1]*np.maximum(np.log(E/det.entrance[2]), 0)       # visible MeV (n,)
+        mu = mu + (extra/e_vis)[:, None]*fe[None, :]
     tmid = (edges[:-1] + edges[1:])/2
     tau = np.maximum(tmid[None, :] - t0[:, None], 0.0)/tc[:, None]
     Rc, Rt, p = radial_params(tau, np.log(E/1000)[:, None], det)
@@ -233,6 +243,16 @@ def _simulate_chunk(E, theta, det, mesh, rng, particle):
         target = E*sf*(1 + res*rng.standard_normal(n))
         w = np.where(coarse, e_vis*target/gen, w)
     out[hit] = w[hit // mesh.n_cells]*g
+    if charged and det.entrance[0] > 0:
+        # the primary's own ionisation along the axis (MIP), Gamma(3)-distributed, in the cells it crosses
+        for j in np.flatnonzero(fe):
+            ph = rng.uniform(-np.pi, np.pi, n); sj = (edges[j] + min(edges[j + 1], TE))/2*det.X0
+            x, y = 0.01*np.cos(ph), 0.01*np.sin(ph)
+            if cyl: loc = mesh.bin_points(x, y, np.full(n, sj))
+            else: loc = mesh.bin_points(sj*np.cos(theta) - x*np.sin(theta), -y, sj*np.sin(theta) + x*np.cos(theta))
+            mip = det.entrance[0]*TE*fe[j]*sf/det.sampling_fraction*rng.standard_gamma(3.0, n)/3
+            ok = loc >= 0
+            np.add.at(out, np.flatnonzero(ok)*mesh.n_cells + loc[ok], mip[ok].astype(np.float32))
     return out.reshape(n, mesh.n_cells)
 
 def simulate(energies, particle='e-', geometry='ds2', theta=None, phi=None, detector='w_si', seed: int = 0,
@@ -258,7 +278,7 @@ def simulate(energies, particle='e-', geometry='ds2', theta=None, phi=None, dete
                  angle_convention='Par04: theta w.r.t. beam axis (pi/2 normal incidence), phi recorded only')
     return ShowerData(out, E, None if theta is None else th, None if phi is None and theta is None else ph, mesh, attrs)
 
-# %% ../../nbs/12_calo.simulate.ipynb #87e66e3c
+# %% ../../nbs/12_calo.simulate.ipynb #52f29e69
 ENERGY_BINS = np.array([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000])*1000.0   # MeV
 
 def response_table(E, showers, mesh, det: Detector, bins=None):
@@ -393,12 +413,31 @@ def fit_angles(E, showers, theta, det: Detector, mesh='ds2', particle='gamma', s
             det = replace(det, photon_delay=float(det.photon_delay + tc_ref - tc_sim))
     return det
 
+SI_MIP_PER_X0 = 0.116/0.4028   # visible MeV per X0 of W/Si: 0.3 mm Si x 3.88 MeV/cm (PDG, MIP) per 0.4028 X0 layer
+
+def fit_entrance(E, showers, det: Detector, mesh='ds2', mip: float = SI_MIP_PER_X0, seed: int = 0):
+    "Fit the early-deposit term `entrance` = (mip, c, E1) to the mean energy of the reference's first 0.8 X0 (first layer)."
+    mesh = get_geometry(mesh)
+    E = np.asarray(E, float); X = np.asarray(showers).reshape(len(E), -1)
+    n1 = max(1, int(round(TE*det.X0/float(mesh.dz))))
+    first = lambda Y: mesh.layer_view(Y)[:, :n1].sum((1, 2))
+    d0 = replace(det, entrance=(0.0, 0.0, 1000.0))
+    sim = _simulate_chunk(E, np.full(len(E), np.pi/2), d0, mesh, np.random.default_rng(seed), 'e-')
+    edges = np.quantile(np.log(E), np.linspace(0, 1, 9)); edges[-1] += 1e-9
+    ib = np.clip(np.searchsorted(edges, np.log(E), side='right') - 1, 0, 7)
+    x = np.array([np.log(E[ib == k]).mean() for k in range(8)])
+    deficit = np.array([first(X[ib == k]).mean() - first(sim[ib == k]).mean() for k in range(8)]) - mip*TE
+    c, b = np.polyfit(x, deficit, 1)
+    c = max(float(c), 0.0)
+    return replace(det, entrance=(float(mip), c, float(np.exp(-b/c)) if c > 0 else 1e9))
+
 def calibrate(E, showers, base: Detector, mesh='ds2', iterations: int = 2, seed: int = 0, max_nfev: int = 200):
     "Calibrate radial, longitudinal, sampling-fraction and resolution parameters of `base` to normal-incidence reference electrons."
     mesh = get_geometry(mesh)
     E = np.asarray(E, float); X = np.asarray(showers).reshape(len(E), -1)
     det = fit_radial(E, X, base, mesh, max_nfev=max_nfev)
     det = fit_longitudinal(E, mesh.layer_view(X).sum(-1), det, mesh, iterations=iterations, seed=seed)
+    det = fit_entrance(E, X, det, mesh, seed=seed)
     rng = np.random.default_rng(seed + 1)
     for _ in range(2):
         sim = _simulate_chunk(E, np.full(len(E), np.pi/2), det, mesh, rng, 'e-')
