@@ -135,7 +135,7 @@ def make_model(arch: str, n_in: int, delta: int, n_out: int, horizon: int, targe
     if arch not in ARCHS: raise VMLInputError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}", field='model')
     return ARCHS[arch](n_in, delta, n_out, horizon, target_idx)
 
-# %% ../../nbs/31_traffic.models.ipynb #0a8b89f7
+# %% ../../nbs/31_traffic.models.ipynb #39619b96
 class _Batches(torch.utils.data.Dataset):
     "Serve (x, y) batches by slicing tensors: fast on CPU."
     def __init__(self, x, y, bs, shuffle, seed=0):
@@ -154,7 +154,7 @@ def dataloaders(xt, yt, xv, yv, bs: int = 256, seed: int = 0):
     mk = lambda x, y, sh: torch.utils.data.DataLoader(_Batches(x, y, bs, sh, seed), batch_size=None, shuffle=False)
     return DataLoaders(mk(xt, yt, True), mk(xv, yv, False))
 
-def train_model(model: nn.Module, xt, yt, xv, yv, epochs: int = 5, lr: float = 3e-3, bs: int = 256,
+def train_model(model: nn.Module, xt, yt, xv, yv, epochs: int = 5, lr: float = 1e-2, bs: int = 256,
                 loss_func=None, seed: int = 0):
     "Fit `model` with fastai (one-cycle, Adam, MSE by default); returns the `Learner`."
     from fastai.learner import Learner
@@ -248,9 +248,9 @@ def lead_times(alarm: np.ndarray, last: np.ndarray, util: np.ndarray, k: int, th
             'lead_median_min': float(np.median(leads[warned])) if warned.any() else 0.,
             'lead_mean_min': float(leads.mean()) if len(leads) else 0.}
 
-# %% ../../nbs/31_traffic.models.ipynb #433383ba
+# %% ../../nbs/31_traffic.models.ipynb #53d9e9e2
 def train_alarm(df: pd.DataFrame, arch: str = 'cnn_lstm', delta: int = 10, k: int = 10, thr: float = 0.9,
-                epochs: int = 5, bs: int = 256, seed: int = 0, capacity: float | None = None) -> dict:
+                epochs: int = 5, bs: int = 256, seed: int = 0, capacity: float | None = None, lr: float = 1e-2) -> dict:
     "Train the saturation alarm and score it on the test split against the utilisation-now baseline."
     wd = prepare(df, delta=delta, horizon=k)
     lab = {s: alarm_labels(df, wd.last[s], k, thr, capacity) for s in SPLITS}
@@ -258,7 +258,7 @@ def train_alarm(df: pd.DataFrame, arch: str = 'cnn_lstm', delta: int = 10, k: in
     m = make_model(arch, n_in, delta, 2, 1)
     f32 = lambda a: a.astype(np.float32)[:, None]
     train_model(m, wd.X['train'], f32(lab['train']), wd.X['valid'], f32(lab['valid']), epochs=epochs, bs=bs,
-                loss_func=nn.BCEWithLogitsLoss(), seed=seed)
+                loss_func=nn.BCEWithLogitsLoss(), seed=seed, lr=lr)
     p = {s: 1 / (1 + np.exp(-predict(m, wd.X[s])[:, 0])) for s in ('valid', 'test')}
     cut = best_threshold(p['valid'], lab['valid'])
     u = utilisation(df, capacity).to_numpy()
