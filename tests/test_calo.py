@@ -1,0 +1,144 @@
+"""calo spine: console scripts, bad files, streaming, and the classifier-test calibration on Geant4 halves."""
+import os, sys, json, subprocess, textwrap
+from pathlib import Path
+import numpy as np
+import h5py
+import pytest
+
+from vallecorsa_ml.core import shared_dir
+from vallecorsa_ml.calo.geometry import DS2
+from vallecorsa_ml.calo.data import ShowerData, read_showers, write_showers, load_g4, g4_path, validate_file
+from vallecorsa_ml.calo.features import high_level_features
+from vallecorsa_ml.calo.metrics import classifier_test, fpd, separation_power
+from vallecorsa_ml.calo.features import hlf_matrix
+
+BIN = Path(sys.executable).parent
+HAS_SHARED = shared_dir() is not None and (shared_dir()/'data'/'g4'/'ds2_electrons_1-100GeV_train.h5').exists()
+
+
+def run(*args, **kw):
+    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope='module')
+def g4_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp('calo')
+    g4 = load_g4('electrons', shipped=True)
+    write_showers(d/'a.h5', g4[:250]); write_showers(d/'b.h5', g4[250:])
+    return d, g4
+
+
+def test_vml_evaluate_end_to_end(g4_files):
+    d, g4 = g4_files
+    r = run('vml-evaluate', d/'a.h5', d/'b.h5', '--geometry', 'ds2', '--out', d/'ev', '--epochs', '3')
+    assert r.returncode == 0, r.stderr
+    m = json.loads((d/'ev'/'metrics.json').read_text())
+    assert m['n_gen'] == m['n_ref'] == 250 and m['geometry'] == 'ds2'
+    assert 0 <= m['cls_high']['auc'] <= 1 and np.isfinite(m['fpd']) and m['sep_mean'] < 0.5
+    for f in ('index.html', 'profiles.png', 'average_shower.png', 'E_layer.png'):
+        assert (d/'ev'/f).stat().st_size > 1000, f
+    assert 'cls_high_auc' in (d/'ev'/'index.html').read_text()
+
+
+@pytest.mark.parametrize('make,args,msg', [
+    (None, ['missing.h5'], 'missing.h5: file not found'),
+    ('text', [], 'not an HDF5 file or truncated'),
+    ('nokey', [], "'incident_energies': missing key"),
+    ('nan', [], "'showers': contains NaN or inf"),
+    ('neg', [], "'showers': contains negative energies"),
+    ('nmis', [], "'incident_energies': shape (3, 1) does not match 4 showers"),
+    (None, ['--geometry', 'ds3'], '6480 cells do not match geometry ds3'),
+    (None, ['--geometry', 'ds9'], "unknown geometry 'ds9'"),
+    (None, ['--cls', 'mid'], "unknown classifier test 'mid'"),
+])
+def test_vml_evaluate_bad_input(g4_files, make, args, msg):
+    d, _ = g4_files
+    gen = d/'a.h5'
+    if make == 'text':
+        gen = d/'t.h5'; gen.write_text('not hdf5')
+    elif make:
+        gen = d/f'{make}.h5'
+        sh, e = np.ones((4, 6480), np.float32), np.full((4, 1), 1e4, np.float32)
+        if make == 'nan': sh[1, 2] = np.nan
+        if make == 'neg': sh[1, 2] = -1
+        with h5py.File(gen, 'w') as f:
+            f['showers'] = sh
+            if make != 'nokey': f['incident_energies'] = e[:3] if make == 'nmis' else e
+    if args and args[0] == 'missing.h5': gen, args = d/'missing.h5', []
+    r = run('vml-evaluate', gen, d/'b.h5', '--out', d/'bad', '--epochs', '1', *args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('vml-evaluate: error:') and msg in lines[0], r.stderr
+
+
+def test_streaming_100k_rss(tmp_path):
+    "Iterate over a 100k-shower dataset-2 file (2.6 GB of float32 uncompressed) in chunks with RSS <= 2 GB."
+    p = tmp_path/'big.h5'
+    rng = np.random.default_rng(0)
+    n, chunk = 100_000, 5000
+    with h5py.File(p, 'w') as f:
+        s = f.create_dataset('showers', (n, 6480), np.float32, chunks=(100, 6480), compression='gzip', compression_opts=1)
+        e = f.create_dataset('incident_energies', (n, 1), np.float32)
+        for i in range(0, n, chunk):
+            blk = np.zeros((chunk, 6480), np.float32)
+            blk[np.arange(chunk), rng.integers(0, 6480, chunk)] = rng.uniform(1, 10, chunk)
+            s[i:i + chunk] = blk; e[i:i + chunk] = 1e4
+    code = textwrap.dedent(f"""
+        import resource, numpy as np
+        from vallecorsa_ml.calo.data import iter_showers
+        n = tot = 0
+        for c in iter_showers({str(p)!r}, chunk_size=5000):
+            n += len(c); tot += float(c.showers.sum(dtype=np.float64))
+        print(n, tot, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)
+    """)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    n, tot, rss_mb = r.stdout.split()
+    assert int(n) == 100_000
+    with h5py.File(p) as f: ref = sum(float(f['showers'][i:i + 10000].sum(dtype=np.float64)) for i in range(0, 100_000, 10000))
+    assert abs(float(tot) - ref) < 1e-6*ref
+    assert float(rss_mb) < 2048, rss_mb
+    assert float(rss_mb) < 1024, rss_mb   # far below the 2.6 GB a whole-file read would need
+
+
+def test_write_read_roundtrip_exact(tmp_path):
+    g4 = load_g4('photons', shipped=True)
+    write_showers(tmp_path/'p.h5', g4)
+    back = read_showers(tmp_path/'p.h5')
+    assert np.array_equal(back.showers, g4.showers) and np.array_equal(back.energies, g4.energies)
+    assert np.array_equal(back.theta, g4.theta) and np.array_equal(back.phi, g4.phi)
+    assert validate_file(tmp_path/'p.h5')['angles']
+
+
+@pytest.mark.skipif(not HAS_SHARED, reason='needs ../shared/data/g4 (8000 Geant4 electrons)')
+def test_cls_high_geant4_halves():
+    "cls-high of two halves of the Geant4 electrons (seeds 101 and 102): AUC within 0.5 ± 0.03."
+    g4 = load_g4('electrons')
+    a, b = g4[:4000], g4[4000:]
+    # 10 epochs instead of the official 50 to stay in CI time: in full 50-epoch runs the best test-accuracy
+    # epoch on these halves was 2-30 and the calibrated AUCs 0.487-0.498 (seeds 0, 1).
+    r = classifier_test(b, a, 'high', epochs=10, seed=0)
+    assert abs(r['auc'] - 0.5) < 0.03, r
+    assert abs(r['jsd']) < 0.02, r
+    # the same test catches a 5 % miscalibration of the first 10 layers
+    s = b.showers.copy(); s[:, :10] *= 1.05
+    r2 = classifier_test(ShowerData(s, b.energies, geometry=DS2), a, 'high', epochs=10, seed=0)
+    assert r2['auc'] > 0.6, r2
+
+
+def test_fpd_self_zero_and_shift():
+    g4 = load_g4('electrons', n=2000)
+    h = hlf_matrix(high_level_features(g4))
+    v, err = fpd(h, h, 500, 2000, num_batches=5, num_points=5)
+    assert v < 1e-3
+    h2 = h.copy(); h2[:, 1:46] += 0.1     # log10 layer energies shifted by 0.1 (a 26 % energy scale error)
+    assert fpd(h, h2, 500, 2000, num_batches=5, num_points=5)[0] > 100*max(v, 1e-5)
+
+
+def test_cls_high_geant4_vs_simulator():
+    "Geant4 vs the built-in simulator: AUC clearly above the Geant4-vs-Geant4 value."
+    sim_mod = pytest.importorskip('vallecorsa_ml.calo.simulate')
+    g4 = load_g4('electrons', n=4000 if HAS_SHARED else None)
+    sim = sim_mod.simulate(g4.energies, particle='e-', geometry='ds2', seed=3)
+    r = classifier_test(sim, g4, 'high', epochs=10, seed=0)
+    assert r['auc'] > 0.6, r
