@@ -144,7 +144,7 @@ def tilt_modulation(tilt, r, det: Detector):
     x = np.asarray(r, float)/det.tilt_r
     return np.clip(np.asarray(tilt, float)*det.tilt_phi*x**2*np.exp(2*(1 - x)), -0.9, 0.9)
 
-# %% ../../nbs/12_calo.simulate.ipynb #425a491a
+# %% ../../nbs/12_calo.simulate.ipynb #cb7af84f
 def _as_array(v, n, name, default):
     if v is None: return np.full(n, default, float)
     a = np.asarray(v, float).reshape(-1)
@@ -269,7 +269,7 @@ def simulate(energies, particle='e-', geometry='ds2', theta=None, phi=None, dete
     ph = _as_array(phi, len(E), 'phi', 0.0)
     rng = seed_everything(seed)
     it = range(0, len(E), chunk)
-    if progress or (progress is None and len(E) > 20*chunk):
+    if progress or (progress is None and len(E) > 20000):
         from tqdm.auto import tqdm
         it = tqdm(it, desc=f'simulate {particle} on {mesh.name}', unit='chunk')
     out = np.empty((len(E), mesh.n_cells), np.float32)
@@ -278,7 +278,7 @@ def simulate(energies, particle='e-', geometry='ds2', theta=None, phi=None, dete
                  angle_convention='Par04: theta w.r.t. beam axis (pi/2 normal incidence), phi recorded only')
     return ShowerData(out, E, None if theta is None else th, None if phi is None and theta is None else ph, mesh, attrs)
 
-# %% ../../nbs/12_calo.simulate.ipynb #52f29e69
+# %% ../../nbs/12_calo.simulate.ipynb #de8361e1
 ENERGY_BINS = np.array([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000])*1000.0   # MeV
 
 def response_table(E, showers, mesh, det: Detector, bins=None):
@@ -375,15 +375,16 @@ def fit_radial(E, showers, det: Detector, mesh='ds2', n_bins: int = 6, max_nfev:
     res = least_squares(resid, np.array(det.radial, float), max_nfev=max_nfev)
     return replace(det, radial=tuple(float(v) for v in res.x))
 
-def phi_asymmetry(showers, mesh='ds2', rings=None):
-    "Per shower (E[+z_beam half] - E[other half]) / E on a `CylMesh` (README convention: +half = phi bins around ±pi)."
+def phi_asymmetry(showers, mesh='ds2', rings=None, per_ring: bool = False):
+    "Per shower (E[+z_beam half] - E[other half]) / E on a `CylMesh` (README convention: + half = phi bins around ±pi)."
     mesh = get_geometry(mesh)
     Y = mesh.to_shaped(np.asarray(showers).reshape(len(showers), -1))
-    Y = Y if rings is None else Y[..., rings]
-    Y = Y.sum(1)                                                        # (N, n_phi[, n_r])
-    c = np.cos(mesh.phi_centres)
-    plus = (Y*(c < 0)[:, None] if Y.ndim == 3 else Y*(c < 0)).sum(1)
-    tot = Y.sum(1)
+    if rings is not None: Y = Y[..., rings]
+    Y = Y.sum(1)                                                        # (N, n_phi, n_r')
+    if not per_ring: Y = Y.sum(-1)                                      # (N, n_phi)
+    m = (np.cos(mesh.phi_centres) < 0).astype(float)
+    m = m[:, None] if per_ring else m
+    plus, tot = (Y*m).sum(1), Y.sum(1)
     return (2*plus - tot)/np.maximum(tot, 1e-30)
 
 def fit_angles(E, showers, theta, det: Detector, mesh='ds2', particle='gamma', seed: int = 0, iterations: int = 2):
@@ -394,7 +395,7 @@ def fit_angles(E, showers, theta, det: Detector, mesh='ds2', particle='gamma', s
     X = np.asarray(showers).reshape(len(E), -1)
     tilt = theta - np.pi/2
     # azimuthal modulation per ring: A = -2k/pi, k = tilt * tilt_phi * g(r)
-    A = phi_asymmetry(X, mesh, rings=slice(None))                       # (N, n_r)
+    A = phi_asymmetry(X, mesh, per_ring=True)                           # (N, n_r)
     slope = np.array([np.polyfit(tilt, A[:, i], 1)[0] for i in range(mesh.n_r)])
     k = -np.pi/2*slope
     g = lambda q: q[0]*(mesh.r_centres/q[1])**2*np.exp(2*(1 - mesh.r_centres/q[1]))
@@ -506,20 +507,27 @@ def vml_simulate(
               f"{E.min()/1e3:.3g}-{E.max()/1e3:.3g} GeV, mean E_mesh/E = {r.mean():.4f}")
     return path
 
-# %% ../../nbs/12_calo.simulate.ipynb #2aab6cc5
+# %% ../../nbs/12_calo.simulate.ipynb #8029d7f9
 G4_CPU_S_PER_GEV = 0.0049   # ../shared/data/g4/README.md: 0.049 s at 10 GeV, 0.24 s at 50 GeV, 0.49 s at 100 GeV (one core)
 
 def bench_simulator(energies=(10, 50, 100), n: int = 2000, particle='e-', geometry='ds2', detector='w_si',
                     repeats: int = 3, theta=None) -> list:
     "Showers/s of `simulate` at fixed energies [GeV] (one process), with Geant4's CPU s/shower and the speed-up."
+    import time, statistics
     res = []
     for e in energies:
         E = np.full(n, e*1e3)
         th = None if theta is None else np.full(n, theta)
-        r = bench(lambda: simulate(E, particle, geometry, th, None, detector, seed=1, progress=False), items=n,
-                  name=f'{particle} {e:g} GeV', warmup=1, repeats=repeats)
+        cpu = []
+        def run():
+            c0 = time.process_time()
+            simulate(E, particle, geometry, th, None, detector, seed=1, progress=False)
+            cpu.append(time.process_time() - c0)
+        r = bench(run, items=n, name=f'{particle} {e:g} GeV', warmup=1, repeats=repeats)
+        cpu_s = statistics.median(cpu[1:])                                   # process CPU time (robust on a shared machine)
         g4 = G4_CPU_S_PER_GEV*e
-        r.extra.update({'geant4_s_per_shower': g4, 'speedup_vs_g4': g4*r.items_per_s})
+        r.extra.update({'cpu_showers_per_s': n/cpu_s, 'geant4_cpu_s_per_shower': g4,
+                        'speedup_vs_g4_wall': g4*r.items_per_s, 'speedup_vs_g4_cpu': g4*n/cpu_s})
         res.append(r)
     return res
 
