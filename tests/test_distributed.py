@@ -60,3 +60,13 @@ def test_not_a_checkpoint(tmp_path):
 def test_vml_bench_ddp_bad_input():
     r = sh(BIN/'vml-bench-ddp', '--nproc', '1')
     assert r.returncode == 2 and r.stderr.strip() == "vml-bench-ddp: error: 'nproc': nproc must be >= 2"
+
+def test_train_gpu_script_plumbing_on_cpu(tmp_path):
+    "scripts/train_gpu.sh end to end with DEVICE=cpu: runs vml-train and prints samples/s and the run folder."
+    root = Path(__file__).resolve().parent.parent
+    env = {**ENV, 'DEVICE': 'cpu', 'OUT_DIR': str(tmp_path/'gpu'), 'PYTHON': sys.executable}
+    r = subprocess.run(['bash', str(root/'scripts'/'train_gpu.sh'), 'regressor', '1', '32', '--task-args', '{"n_train": 64, "n_valid": 16}'],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'task regressor:' in r.stdout and 'samples/s' in r.stdout and str(tmp_path/'gpu') in r.stdout
+    assert json.loads((tmp_path/'gpu'/'metrics.json').read_text())['samples'] == 64

@@ -22,8 +22,9 @@ from .ddp import (TrainConfig, train, make_task, torchrun_cmd, dist_env, TDP_PER
 # %% auto #0
 __all__ = ['NETWORKS', 'SEED_3DGAN', 'G4_CPU_S_PER_GEV', 'V100_W', 'ring_allreduce_time', 'fit_alpha_beta', 'ScalingModel',
            'allreduce_times', 'bench_worker', 'time_to_target', 'grad_bytes', 'measure_scaling', 'projection',
-           'seed_comparison', 'g4_cpu_seconds', 'loguniform_mean', 'break_even_showers', 'sustainability_table',
-           'generation_joules_per_shower', 'seed_break_even', 'scaling_report', 'vml_bench_ddp']
+           'seed_comparison', 'task_step_cost', 'g4_cpu_seconds', 'loguniform_mean', 'break_even_showers',
+           'sustainability_table', 'generation_joules_per_shower', 'projected_training_joules', 'seed_break_even',
+           'scaling_report', 'vml_bench_ddp']
 
 # %% ../../nbs/61_distributed.scaling.ipynb #107ca352
 def ring_allreduce_time(nbytes, n: int, alpha: float, beta: float):
@@ -60,7 +61,7 @@ class ScalingModel:
     def strong_efficiency(self, n: int, global_batch: float) -> float:
         return self.throughput(n, global_batch/n)/(n*self.throughput(1, global_batch))
 
-# %% ../../nbs/61_distributed.scaling.ipynb #3072c2ac
+# %% ../../nbs/61_distributed.scaling.ipynb #8c885093
 def allreduce_times(nbytes: list[int], repeats: int = 10, warmup: int = 2) -> list[float]:
     "Median seconds of `dist.all_reduce` (sum) of float32 tensors of `nbytes` each, max over ranks (needs a group)."
     res = []
@@ -149,10 +150,10 @@ def measure_scaling(task: str = 'regressor', task_args: dict | None = None, npro
         res = load_json(d/'bench_result.json')
         rows.append(_case(res['train'], f'{n} procs x {th} thread' + ('s' if th > 1 else ''), n, target))
         ar[n] = res['allreduce']
-    base_sps = rows[0]['samples_per_s']
-    for r in rows:
+    base_sps, core_sps = rows[0]['samples_per_s'], rows[1]['samples_per_s']
+    for r in rows:   # speed-up over 1 process on all cores; efficiency = throughput / (cores used × 1-core throughput)
         r['speedup'] = r['samples_per_s']/base_sps
-        r['efficiency'] = r['speedup']*rows[0]['threads_per_proc']/(r['procs']*r['threads_per_proc'])
+        r['efficiency'] = r['samples_per_s']/(r['procs']*r['threads_per_proc']*core_sps)
     # fit: compute of a one-core worker from the two 1-thread runs, α-β from the largest all-reduce sweep
     b1, b2 = global_batch, global_batch//2
     t1, t2 = one[b1]['step_s_median'], one[b2]['step_s_median']
@@ -199,7 +200,17 @@ def seed_comparison(model: ScalingModel, b: float, network: str = 'ib_edr_100g')
     return [{**s, 'seed_speedup_vs_1gpu': SEED_3DGAN[0]['hours']/s['hours'],
              f'model_speedup_vs_1_worker ({network})': m.throughput(s['workers'], b)/m.throughput(1, b)} for s in SEED_3DGAN]
 
-# %% ../../nbs/61_distributed.scaling.ipynb #0c18ed3c
+# %% ../../nbs/61_distributed.scaling.ipynb #1ac240e5
+def task_step_cost(task: str, task_args: dict | None = None, batch: int = 8, steps: int = 2, threads: int = 1) -> dict:
+    "Seconds per sample of one worker (`threads` threads) on `task`, from the median of `steps` steps after one warm-up step; gradient bytes."
+    prev = torch.get_num_threads()
+    try:
+        s = train(TrainConfig(task, dict(task_args or {}), epochs=2, global_batch=batch, max_steps=max(1, steps), lr_rule='none', threads=threads))
+    finally:
+        set_threads(prev)
+    return {'task': task, 'c': s['step_s_median']/batch, 'grad_bytes': grad_bytes(task, task_args)}
+
+# %% ../../nbs/61_distributed.scaling.ipynb #c2959f3c
 G4_CPU_S_PER_GEV = 4.9e-3          # shared/data/g4/README.md: one core, EmStandard_noData, W/Si ds2 geometry
 
 def g4_cpu_seconds(e_gev) -> np.ndarray:
@@ -229,19 +240,25 @@ def sustainability_table(train_j: float, gen_j_per_shower: float, g4_j_per_showe
                      'ml_kg_co2e': ml/J_PER_KWH*carbon_g_per_kwh/1e3, 'g4_kg_co2e': g4/J_PER_KWH*carbon_g_per_kwh/1e3})
     return rows
 
-# %% ../../nbs/61_distributed.scaling.ipynb #4f249d21
+# %% ../../nbs/61_distributed.scaling.ipynb #4e2ccf13
 def generation_joules_per_shower(task: str = 'profile_gan', n: int = 20_000, w_per_core: float = TDP_PER_CORE_W,
                                  task_args: dict | None = None) -> float:
     "CPU-time energy per sample of the task's generator (`gen` model) at batch `n` (untrained weights: same cost)."
     seed_everything(0)
     t = make_task(task, **(task_args or {}))
     g = t.make_models()['gen'].eval()
-    n_in = next(g.parameters()).shape[1]
-    x = torch.randn(n, n_in)
+    if hasattr(g, 'G') and hasattr(g.G, 'example_inputs'):     # calo.gan generator (sampling path: MeV showers)
+        g, x = g.G, g.G.example_inputs(n)
+    else:
+        x = (torch.randn(n, next(g.parameters()).shape[1]),)
     with torch.no_grad():
-        g(x[:256])
-        c0 = time.process_time(); g(x); c1 = time.process_time()
+        g(*[a[:min(n, 64)] for a in x])
+        c0 = time.process_time(); g(*x); c1 = time.process_time()
     return (c1 - c0)*w_per_core/n
+
+def projected_training_joules(c: float, n_samples: int, epochs: int, w_per_core: float = TDP_PER_CORE_W) -> float:
+    "Training energy on this CPU: c [core-s/sample] × samples × epochs × W/core."
+    return c*n_samples*epochs*w_per_core
 
 V100_W = 300.0
 
@@ -250,8 +267,8 @@ def seed_break_even(g4_j_per_shower: float, hours: float = 7*24, gpus: int = 1, 
     j = gpus*gpu_w*hours*3600
     return {'train_kwh': j/J_PER_KWH, 'break_even_showers': break_even_showers(j, 0.0, g4_j_per_shower)}
 
-# %% ../../nbs/61_distributed.scaling.ipynb #97f2d04f
-def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_gen: float | None = None) -> str:
+# %% ../../nbs/61_distributed.scaling.ipynb #d4ea04c1
+def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_gen: float | None = None, gan: dict | None = None) -> str:
     "Markdown: the measurement table, the fitted model, the projection, the seed comparison and the break-even."
     mdl = ScalingModel(**meas['model'])
     load = meas.get('load')
@@ -265,6 +282,17 @@ def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_ge
              f"beta = {mdl.beta*1e9:.3g} ns/byte, gradient {mdl.grad_bytes/1e6:.3g} MB", '',
              f"projection, weak scaling at {b:g} samples/worker:", md_table(projection(mdl, b)), '',
              md_table(seed_comparison(mdl, b))]
+    if gan is not None:
+        gm = ScalingModel(gan['c'], 0.0, mdl.alpha, mdl.beta, gan['grad_bytes'])
+        if gan.get('gen_j') is not None:
+            e_g4_ = float(g4_cpu_seconds(loguniform_mean(1, 100)))*TDP_PER_CORE_W
+            etr = projected_training_joules(gan['c'], 8000, 100)
+            parts += ['', f"3DGAN adapter energy on this CPU (projected: 8000 showers x 100 epochs): {etr/J_PER_KWH:.3g} kWh "
+                      f"({etr/J_PER_KWH*CARBON_G_PER_KWH/1e3:.3g} kg CO2e), generation {gan['gen_j']*1e3:.3g} mJ/shower -> "
+                      f"break-even {break_even_showers(etr, gan['gen_j'], e_g4_):.3g} showers"]
+        parts += ['', f"3DGAN adapter (calo_gan): {gan['c']:.4g} s/sample on one core, gradient {gan['grad_bytes']/1e6:.3g} MB; "
+                  f"weak scaling at 8 samples/worker:", md_table(projection(gm, 8, workers=(1, 8, 32, 128, 256))), '',
+                  md_table(seed_comparison(gm, 8))]
     if e_train is not None and e_gen is not None:
         e_g4 = float(g4_cpu_seconds(loguniform_mean(1, 100)))*TDP_PER_CORE_W
         parts += ['', f"energy: training {e_train:.4g} J, generation {e_gen:.3g} J/shower, Geant4 {e_g4:.3g} J/shower "
@@ -284,6 +312,7 @@ def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_
                   repeats: int = 20,         # all-reduce repeats per size
                   gan_epochs: int = 30,      # epochs of the profile-GAN run whose energy is amortised
                   out: str = '',             # folder for scaling.json and bench.md
+                  gan_cost: bool = True,     # also time the 3DGAN adapter (calo_gan) and project it
                   ):
     "Scaling benchmark of the DDP engine on this machine: table, alpha-beta fit, projection to 256 workers, energy break-even."
     if nproc < 2: raise VMLInputError("nproc must be >= 2", field='nproc')
@@ -293,6 +322,10 @@ def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_
     meas = measure_scaling(task, dict(n_train=n_train, n_valid=116), nprocs=tuple(range(2, nproc + 1)), global_batch=batch,
                            epochs=epochs, repeats=repeats, out=o)
     gan = train(TrainConfig('profile_gan', dict(n_train=n_train, n_valid=116), epochs=gan_epochs, global_batch=64, lr=5e-4))
-    rep = scaling_report(meas, e_train=gan['energy_j'], e_gen=generation_joules_per_shower('profile_gan', 100_000))
+    from vallecorsa_ml.distributed.ddp import TASKS, _load_adapters
+    _load_adapters()
+    gc = task_step_cost('calo_gan', dict(n_train=32, n_valid=8), batch=8, steps=2) if gan_cost and 'calo_gan' in TASKS else None
+    if gc: gc['gen_j'] = generation_joules_per_shower('calo_gan', 512, task_args=dict(n_train=16, n_valid=8))
+    rep = scaling_report(meas, e_train=gan['energy_j'], e_gen=generation_joules_per_shower('profile_gan', 100_000), gan=gc)
     (o/'bench.md').write_text(rep + '\n')
     print(rep)
