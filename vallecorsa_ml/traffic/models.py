@@ -276,14 +276,18 @@ def train_alarm(df: pd.DataFrame, arch: str = 'cnn_lstm', delta: int = 10, k: in
     res['positives'] = float(lab['test'].any(1).mean())
     return {'scores': res, 'model': m, 'wd': wd, 'prob': p['test'], 'alarm': p['test'] >= cut, 'labels': lab['test']}
 
-# %% ../../nbs/31_traffic.models.ipynb #6a382cf7
+# %% ../../nbs/31_traffic.models.ipynb #cb83fc79
 from fastcore.script import call_parse
 
-def forecast_next(model: nn.Module, wd: WindowData) -> pd.DataFrame:
-    "Forecast of the `horizon` steps after the end of the table, in physical units."
+def forecast_next(model: nn.Module, wd: WindowData, capacity: float | None = None) -> pd.DataFrame:
+    "Forecast of the `horizon` steps after the end of the table, in physical units (clipped to [0, capacity])."
     x = wd.Z[-wd.delta:][None].astype(np.float32)
-    y = wd.scaler.inverse(predict(model, x)[0], wd.targets)
+    y = np.maximum(wd.scaler.inverse(predict(model, x)[0], wd.targets), 0.)
     step = wd.index[-1] - wd.index[-2]
+    if capacity:
+        for j, c in enumerate(wd.targets):
+            lim = capacity * step.total_seconds() if c.startswith('traffic_') else capacity if c.startswith('throughput_') else None
+            if lim: y[:, j] = np.minimum(y[:, j], lim)
     idx = pd.DatetimeIndex([wd.index[-1] + step * (j + 1) for j in range(wd.horizon)], name=TIME_COL)
     return pd.DataFrame(y, index=idx, columns=wd.targets)
 
@@ -305,7 +309,7 @@ def run_traffic(csv: str, capacity: float = 10e9, model: str = 'cnn_lstm', delta
     sc = {model: scores(predict(m, wd.X['test']), Yt), 'persistence': scores(persistence(wd), Yt),
           'ridge': scores(predict_ridge(rg, wd), Yt)}
     o = Path(out); o.mkdir(parents=True, exist_ok=True)
-    fc = forecast_next(m, wd)
+    fc = forecast_next(m, wd, capacity)
     with atomic_write(o/'forecast.csv') as p: fc.reset_index().to_csv(p, index=False)
     with atomic_write(o/'model.pt') as p: torch.save(m.state_dict(), p)
     metrics = {'file': str(csv), 'rows': len(df), 'model': model, 'delta': delta, 'horizon': horizon, 'epochs': epochs,
