@@ -61,7 +61,7 @@ class ScalingModel:
     def strong_efficiency(self, n: int, global_batch: float) -> float:
         return self.throughput(n, global_batch/n)/(n*self.throughput(1, global_batch))
 
-# %% ../../nbs/61_distributed.scaling.ipynb #8c885093
+# %% ../../nbs/61_distributed.scaling.ipynb #4016d366
 def allreduce_times(nbytes: list[int], repeats: int = 10, warmup: int = 2) -> list[float]:
     "Median seconds of `dist.all_reduce` (sum) of float32 tensors of `nbytes` each, max over ranks (needs a group)."
     res = []
@@ -132,6 +132,7 @@ def measure_scaling(task: str = 'regressor', task_args: dict | None = None, npro
         for b in (global_batch, global_batch//2):
             one[b] = train(TrainConfig(**{**base, 'global_batch': b}, threads=1))
         rows.append(_case(one[global_batch], '1 proc x 1 thread', 1, target))
+        bf = _case(train(TrainConfig(**base, threads=1, bf16=True)), '1 proc x 1 thread, bf16 autocast', 1, target)
     finally:
         set_threads(prev)
     ar = {}
@@ -150,6 +151,7 @@ def measure_scaling(task: str = 'regressor', task_args: dict | None = None, npro
         res = load_json(d/'bench_result.json')
         rows.append(_case(res['train'], f'{n} procs x {th} thread' + ('s' if th > 1 else ''), n, target))
         ar[n] = res['allreduce']
+    rows.append(bf)
     base_sps, core_sps = rows[0]['samples_per_s'], rows[1]['samples_per_s']
     for r in rows:   # speed-up over 1 process on all cores; efficiency = throughput / (cores used × 1-core throughput)
         r['speedup'] = r['samples_per_s']/base_sps
@@ -267,7 +269,7 @@ def seed_break_even(g4_j_per_shower: float, hours: float = 7*24, gpus: int = 1, 
     j = gpus*gpu_w*hours*3600
     return {'train_kwh': j/J_PER_KWH, 'break_even_showers': break_even_showers(j, 0.0, g4_j_per_shower)}
 
-# %% ../../nbs/61_distributed.scaling.ipynb #d4ea04c1
+# %% ../../nbs/61_distributed.scaling.ipynb #5794e4de
 def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_gen: float | None = None, gan: dict | None = None) -> str:
     "Markdown: the measurement table, the fitted model, the projection, the seed comparison and the break-even."
     mdl = ScalingModel(**meas['model'])
@@ -307,7 +309,7 @@ def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_ge
 def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_gan, ...)
                   nproc: int = 2,            # largest number of local processes
                   batch: int = 64,           # global batch
-                  epochs: int = 5,           # epochs per case (the first warms up)
+                  epochs: int = 12,          # epochs per case (the first warms up)
                   n_train: int = 384,        # training showers (shipped sample: <= 500 - n_valid)
                   repeats: int = 20,         # all-reduce repeats per size
                   gan_epochs: int = 30,      # epochs of the profile-GAN run whose energy is amortised
