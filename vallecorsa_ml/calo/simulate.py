@@ -448,7 +448,7 @@ def calibrate(E, showers, base: Detector, mesh='ds2', iterations: int = 2, seed:
                       stochastic=float(det.stochastic*np.sqrt(v_ref/v_sim)))
     return det
 
-# %% ../../nbs/12_calo.simulate.ipynb #e3b05d0f
+# %% ../../nbs/12_calo.simulate.ipynb #9fb52178
 _UNITS = {'mev': 1.0, 'gev': 1e3, 'tev': 1e6}
 
 def parse_energy(spec: str) -> tuple:
@@ -507,7 +507,7 @@ def vml_simulate(
               f"{E.min()/1e3:.3g}-{E.max()/1e3:.3g} GeV, mean E_mesh/E = {r.mean():.4f}")
     return path
 
-# %% ../../nbs/12_calo.simulate.ipynb #8029d7f9
+# %% ../../nbs/12_calo.simulate.ipynb #7bcb7f37
 G4_CPU_S_PER_GEV = 0.0049   # ../shared/data/g4/README.md: 0.049 s at 10 GeV, 0.24 s at 50 GeV, 0.49 s at 100 GeV (one core)
 
 def bench_simulator(energies=(10, 50, 100), n: int = 2000, particle='e-', geometry='ds2', detector='w_si',
