@@ -12,11 +12,12 @@ import numpy as np
 from ..core import (VMLInputError, cli_errors, atomic_write, seed_everything, cache_dir, shipped_data)
 
 # %% auto #0
-__all__ = ['N_CONST', 'IMG_PIX', 'JET_R', 'IMG_HALF', 'JET_FEATURES', 'BASE_SETTINGS', 'PROCESSES', 'EVENT_KEYS', 'SMOKE_FILES',
-           'process_settings', 'delta_phi', 'constituent_list', 'jet_image', 'nsubjettiness', 'softdrop_mass', 'tau21',
-           'dijet_event', 'generate_events', 'save_events', 'load_events', 'events_file', 'sample_files', 'vml_events']
+__all__ = ['N_CONST', 'IMG_PIX', 'JET_R', 'IMG_HALF', 'JET_FEATURES', 'BASE_SETTINGS', 'PROCESSES', 'BACKGROUNDS', 'SIGNALS',
+           'BACKGROUND_OF', 'EVENT_KEYS', 'SMOKE_FILES', 'process_settings', 'delta_phi', 'constituent_list',
+           'jet_image', 'nsubjettiness', 'softdrop_mass', 'tau21', 'dijet_event', 'generate_events', 'save_events',
+           'load_events', 'events_file', 'sample_files', 'vml_events']
 
-# %% ../../nbs/20_anomaly.events.ipynb #f69b50af
+# %% ../../nbs/20_anomaly.events.ipynb #079c1094
 N_CONST, IMG_PIX, JET_R, IMG_HALF = 100, 32, 0.8, 0.8
 JET_FEATURES = ('mass', 'sd_mass', 'tau21', 'n_const')
 
@@ -44,7 +45,13 @@ PROCESSES = {
     'wprime': dict(mass=3500., label="W' → WZ 3.5 TeV", settings=(
         "NewGaugeBoson:ffbar2Wprime = on", "Wprime:coup2WZ = 1.", "34:m0 = 3500.", "34:mMin = 2500.",
         "34:mMax = 4500.", "34:onMode = off", "34:onIfMatch = 24 23")),
+    # QCD in an m̂ window around the 3.5 TeV resonances: their background with the dijet mass scale matched
+    'qcd_high': dict(mass=None, label='QCD dijets, m̂ 2.8–4.2 TeV', settings=(
+        "HardQCD:all = on", "PhaseSpace:pTHatMin = 600.", "PhaseSpace:mHatMin = 2800.", "PhaseSpace:mHatMax = 4200.")),
 }
+BACKGROUNDS = ('qcd', 'qcd_high')
+SIGNALS = tuple(p for p in PROCESSES if p not in BACKGROUNDS)
+BACKGROUND_OF = {'graviton_narrow': 'qcd_high', 'graviton_broad': 'qcd', 'a_hz': 'qcd_high', 'wprime': 'qcd_high'}
 
 def process_settings(process: str, seed: int = 0) -> list[str]:
     "The full list of Pythia settings for `process` (one of `PROCESSES`) with a fixed seed."
@@ -186,7 +193,7 @@ def generate_events(process: str, n: int, seed: int = 0, workers: int = 2, chunk
                 constituents='(event, jet, 100, [pT, dy, dphi]) 100 hardest, zero-padded', generator='pythia8mc 8.317 + fastjet anti-kT R=0.8')
     return data, meta
 
-# %% ../../nbs/20_anomaly.events.ipynb #938cf2c3
+# %% ../../nbs/20_anomaly.events.ipynb #0fa19faf
 def save_events(path, data: dict, meta: dict) -> Path:
     "Write events to HDF5 (gzip), settings and provenance as attributes (atomic)."
     import h5py
@@ -234,17 +241,17 @@ SMOKE_FILES = {p: f'anomaly_{p}_smoke.h5' for p in PROCESSES}
 def sample_files(profile: str, seed: int = 0) -> dict:
     "Events per process: the shipped small files for `smoke`, cached Pythia samples otherwise (generated when missing)."
     from vallecorsa_ml.core import pick
-    n_qcd, n_sig = pick(profile, smoke=None, quick=(3000, 800), full=(25000, 10000)) or (0, 0)
+    n = pick(profile, smoke=None, quick=dict(qcd=3000, qcd_high=1400, sig=800), full=dict(qcd=25000, qcd_high=12000, sig=10000))
     if profile == 'smoke': return {p: shipped_data(f) for p, f in SMOKE_FILES.items()}
-    return {p: events_file(p, n_qcd if p == 'qcd' else n_sig, seed + i) for i, p in enumerate(PROCESSES)}
+    return {p: events_file(p, n.get(p, n['sig']), seed + i) for i, p in enumerate(PROCESSES)}
 
-# %% ../../nbs/20_anomaly.events.ipynb #dfb65b05
+# %% ../../nbs/20_anomaly.events.ipynb #49bfec3b
 from fastcore.script import call_parse
 
 @call_parse
 @cli_errors('vml-events')
 def vml_events(
-    process: str = 'qcd',     # qcd, graviton_narrow, graviton_broad, a_hz or wprime
+    process: str = 'qcd',     # qcd, qcd_high, graviton_narrow, graviton_broad, a_hz or wprime
     n: int = 1000,            # Number of dijet events
     out: str = 'events.h5',   # Output HDF5 file
     seed: int = 0,            # Random seed
