@@ -361,7 +361,7 @@ def _set_rng_state(s):
 
 def _step_seed(seed, step): return (int(seed)*1_000_003 + int(step)*7919 + 12345) % (2**63 - 1)
 
-# %% ../../nbs/15_calo.gan.ipynb #e20d9811
+# %% ../../nbs/15_calo.gan.ipynb #d3691807
 class GANStep(Callback):
     "fastai callback doing the 3DGAN update in `before_batch` (then cancelling fastai's own step)."
     order = -20
@@ -415,7 +415,7 @@ class GANTrainer:
             self.opt_g.zero_grad(set_to_none=True); lg.backward(); self.opt_g.step()
         self.D.requires_grad_(True)
         with torch.no_grad():
-            a = cfg.ema if cfg.ema > 0 else 0.0
+            a = min(cfg.ema, (1 + self.step)/(10 + self.step)) if cfg.ema > 0 else 0.0   # EMA with warm-up
             for pe, p in zip(self.G_ema.parameters(), self.G.parameters()): pe.lerp_(p, 1 - a)
             for (n, be), b in zip(self.G_ema.named_buffers(), self.G.buffers()):
                 if n != 'threshold': be.copy_(b)
@@ -517,18 +517,24 @@ def train_gan(data, cfg: GANConfig | None = None, ckpt_dir=None, max_steps: int 
         tr = GANTrainer(cfg, u, cond, ckpt_dir, seed=seed, ckpt_every=ckpt_every, max_steps=max_steps, minutes=minutes)
     return tr.fit(progress=progress, save_on_exit=save_on_exit)
 
-# %% ../../nbs/15_calo.gan.ipynb #0f47a4ef
+# %% ../../nbs/15_calo.gan.ipynb #4541c7b7
 GENERATORS = {'gan': 'vallecorsa_ml.calo.gan:load_gan'}
 
-def load_gan(ck: dict) -> Generator:
-    "The EMA generator of a 3DGAN checkpoint dict, in eval mode."
+def load_gan(ck: dict, raw: bool = False) -> Generator:
+    "The EMA generator (or with `raw`, the last trained weights, threshold re-calibrated) of a 3DGAN checkpoint dict, in eval mode."
     G = Generator(GANConfig(**ck['cfg']))
     G.load_state_dict(ck['G_ema']); G.eval()
+    if raw:
+        G.load_state_dict(ck['G']); G.threshold.fill_(0.)
+        cond = check_conditions(G.cfg, np.geomspace(G.cfg.e_min, G.cfg.e_max, 256))
+        with torch.no_grad(): x = G(torch.randn(len(cond), G.cfg.latent, generator=torch.Generator().manual_seed(1)), cond)
+        x, sp = x.flatten().numpy(), ck['sparsity']
+        G.threshold.fill_(float(np.quantile(x, 1 - sp)) if (x > 0).mean() > sp else 0.0)
     G.step = ck.get('step', 0)
     return G
 
-def load_generator(path, model: str | None = None) -> nn.Module:
-    "Load any registered generator from a checkpoint file (model type from the file unless `model` is given)."
+def load_generator(path, model: str | None = None, **kwargs) -> nn.Module:
+    "Load any registered generator from a checkpoint file (model type from the file unless `model` is given; `kwargs` go to the loader)."
     path = Path(path)
     if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
     try: ck = torch.load(path, map_location='cpu', weights_only=False)
@@ -537,7 +543,7 @@ def load_generator(path, model: str | None = None) -> nn.Module:
     kind = model or ck['model_type']
     if kind not in GENERATORS: raise VMLInputError(f"unknown model {kind!r}; known: {', '.join(GENERATORS)}", file=path, field='model')
     mod, fn = GENERATORS[kind].split(':')
-    return getattr(importlib.import_module(mod), fn)(ck)
+    return getattr(importlib.import_module(mod), fn)(ck, **kwargs)
 
 # %% ../../nbs/15_calo.gan.ipynb #c73e51f1
 def _parse_conds(s: str) -> tuple:
@@ -591,7 +597,7 @@ def vml_train_gan(
           f"D loss {h.get('d', float('nan')):.3f}, G loss {h.get('g', float('nan')):.3f}, threshold {tr.cfg.threshold:.3g} MeV")
     return tr
 
-# %% ../../nbs/15_calo.gan.ipynb #8b0790ae
+# %% ../../nbs/15_calo.gan.ipynb #4d596233
 def _parse_energies(spec: str, n: int, rng) -> np.ndarray:
     from vallecorsa_ml.calo.simulate import parse_energy
     s = str(spec)
@@ -615,13 +621,14 @@ def vml_generate(
     seed: int = 0,               # Random seed
     batch_size: int = 1000,      # Showers per forward pass
     threads: int = None,         # torch threads
+    raw: bool = False,           # 3DGAN: use the last trained weights instead of their EMA
 ):
     "Generate showers with a trained generator and write them as CaloChallenge HDF5."
     from vallecorsa_ml.calo.data import write_showers
     from vallecorsa_ml.calo.simulate import parse_range
     if n < 1: raise VMLInputError("must be >= 1", field='n')
     if threads: set_threads(threads)
-    G = load_generator(checkpoint, model)
+    G = load_generator(checkpoint, model, **({'raw': True} if raw else {}))
     rng = np.random.default_rng([seed, 7])
     E = _parse_energies(energies, n, rng)
     th, ph = parse_range(theta, 'theta'), parse_range(phi, 'phi')

@@ -1,0 +1,108 @@
+"""3DGAN console scripts: training killed with SIGKILL resumes identically, generation, ONNX parity, bad inputs, benchmark."""
+import os, sys, time, signal, subprocess
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from vallecorsa_ml.calo.data import load_g4, write_showers, read_showers
+from vallecorsa_ml.calo.gan import load_generator, export_onnx, onnx_parity
+
+BIN = Path(sys.executable).parent
+TINY = ['--width', '0.25', '--batch-size', '8', '--threads', '1', '--quiet', '--ckpt-every', '3', '--seed', '5']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
+
+def run(*args):
+    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=600, env=ENV)
+
+
+def _step(path):
+    try: return torch.load(path, map_location='cpu', weights_only=False)['step']
+    except Exception: return -1
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "An uninterrupted tiny run (A) and the same run killed with SIGKILL mid-way and resumed (B)."
+    d = tmp_path_factory.mktemp('gan')
+    write_showers(d/'train.h5', load_g4('electrons', n=64, shipped=True))
+    n = 24
+    args = ['vml-train-gan', '--data', d/'train.h5', '--max-steps', n, *TINY]
+    r = run(*args, '--ckpt-dir', d/'a')
+    assert r.returncode == 0, r.stderr
+    p = subprocess.Popen([str(BIN/args[0]), *map(str, args[1:]), '--ckpt-dir', str(d/'b')], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while _step(d/'b'/'last.pt') < 6 and p.poll() is None and time.time() - t0 < 300: time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    killed_at = _step(d/'b'/'last.pt')
+    r = run(*args, '--ckpt-dir', d/'b')
+    assert r.returncode == 0, r.stderr
+    return d, killed_at, n
+
+
+def test_resume_after_kill_is_identical(trained):
+    d, killed_at, n = trained
+    assert 0 < killed_at < n, f"the run was not interrupted mid-way (checkpoint at step {killed_at})"
+    a = torch.load(d/'a'/'last.pt', weights_only=False); b = torch.load(d/'b'/'last.pt', weights_only=False)
+    assert a['step'] == b['step'] == n
+    for key in ('G', 'D', 'G_ema'):
+        for k, v in a[key].items(): assert torch.equal(v, b[key][k]), (key, k)
+    assert [h['g'] for h in a['history']] == [h['g'] for h in b['history']]
+    assert (d/'a'/'losses.png').stat().st_size > 1000
+
+
+def test_generate_writes_calochallenge(trained, tmp_path):
+    d, _, _ = trained
+    cfg = torch.load(d/'a'/'last.pt', weights_only=False)['cfg']
+    lo, hi = round(cfg['e_min']*1.2), round(cfg['e_max']/1.2)          # inside the trained range
+    assert hi > 5*lo
+    spec = f'{lo},{hi}MeV'
+    r = run('vml-generate', d/'a'/'last.pt', tmp_path/'g.h5', '--energies', spec, '--n', 40, '--seed', 1)
+    assert r.returncode == 0, r.stderr
+    sd = read_showers(tmp_path/'g.h5')
+    assert sd.showers.shape == (40, 45, 16, 9) and sd.geometry.name == 'ds2'
+    assert np.allclose(sd.energies[:2], [lo, hi]) and np.isfinite(sd.showers).all() and (sd.showers >= 0).all()
+    tot = sd.flat.sum(1)
+    assert tot[sd.energies == hi].mean() > 0.3*(hi/lo)*tot[sd.energies == lo].mean()   # conditioning on energy
+    r2 = run('vml-generate', d/'a'/'last.pt', tmp_path/'g2.h5', '--energies', spec, '--n', 40, '--seed', 1)
+    assert r2.returncode == 0 and np.array_equal(read_showers(tmp_path/'g2.h5').showers, sd.showers)
+
+
+def test_onnx_parity_dynamic_batch(trained, tmp_path):
+    d, _, _ = trained
+    G = load_generator(d/'a'/'last.pt')
+    p = export_onnx(G, tmp_path/'g.onnx')
+    for b in (1, 5, 33): assert onnx_parity(G, p, batch=b) < 1e-4
+
+
+@pytest.mark.parametrize('args, msg', [
+    (['--energies', '500GeV'], 'outside the trained range'),
+    (['--energies', 'abcGeV'], 'cannot read energy'),
+    (['--energies', '-5GeV'], 'energy'),
+    (['--n', '0'], 'must be >= 1'),
+])
+def test_generate_bad_inputs(trained, tmp_path, args, msg):
+    d, _, _ = trained
+    r = run('vml-generate', d/'a'/'last.pt', tmp_path/'x.h5', *args)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path/'x.h5').exists()
+
+
+def test_bad_checkpoints_and_training_args(tmp_path):
+    r = run('vml-generate', tmp_path/'missing.pt', tmp_path/'x.h5')
+    assert r.returncode == 2 and 'not found' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path/'junk.pt').write_text('not a checkpoint')
+    r = run('vml-generate', tmp_path/'junk.pt', tmp_path/'x.h5')
+    assert r.returncode == 2 and 'checkpoint' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run('vml-train-gan', '--data', tmp_path/'none.h5')
+    assert r.returncode == 2 and '--max-steps or --minutes' in r.stderr
+    r = run('vml-train-gan', '--data', tmp_path/'none.h5', '--max-steps', 3)
+    assert r.returncode == 2 and 'none.h5' in r.stderr
+
+
+def test_bench_gan_table():
+    r = run('vml-bench-gan', '--batches', '1,4', '--threads', '1', '--repeats', '1', '--no-sim')
+    assert r.returncode == 0, r.stderr
+    for s in ('torch fp32 b4 t1', 'onnxruntime b1 t1', 'Geant4 10 GeV', 'speedup_50GeV'): assert s in r.stdout
