@@ -516,7 +516,7 @@ def max_param_diff(a: dict, b: dict) -> float:
     if a.keys() != b.keys(): raise VMLInputError("the checkpoints hold different parameters", field='models')
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
-# %% ../../nbs/60_distributed.ddp.ipynb #381aa45b
+# %% ../../nbs/60_distributed.ddp.ipynb #f6c5ff16
 class _GenU(nn.Module):
     "Routes `forward` to a 3DGAN generator's `forward_u`, so that DDP (which hooks `forward`) syncs its gradients."
     def __init__(self, G): super().__init__(); self.G = G
@@ -575,7 +575,7 @@ class Calo3DGANTask(TrainTask):
                 'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
                 'shower_max_gen': shower_max(pg), 'shower_max_g4': shower_max(pr)}
 
-# %% ../../nbs/60_distributed.ddp.ipynb #2f914ec3
+# %% ../../nbs/60_distributed.ddp.ipynb #74a83de1
 @call_parse
 @cli_errors('vml-train')
 def vml_train(task: str = 'regressor',       # registered task: regressor, profile_gan (+ calo adapters when present)
