@@ -30,11 +30,11 @@ def g4_files(tmp_path_factory):
 
 def test_vml_evaluate_end_to_end(g4_files):
     d, g4 = g4_files
-    r = run('vml-evaluate', d/'a.h5', d/'b.h5', '--geometry', 'ds2', '--out', d/'ev', '--epochs', '3')
+    r = run('vml-evaluate', d/'a.h5', d/'b.h5', '--geometry', 'ds2', '--out', d/'ev', '--epochs', '3', '--cls', 'high,low')
     assert r.returncode == 0, r.stderr
     m = json.loads((d/'ev'/'metrics.json').read_text())
     assert m['n_gen'] == m['n_ref'] == 250 and m['geometry'] == 'ds2'
-    assert 0 <= m['cls_high']['auc'] <= 1 and np.isfinite(m['fpd']) and m['sep_mean'] < 0.5
+    assert 0 <= m['cls_high']['auc'] <= 1 and 0 <= m['cls_low']['auc'] <= 1 and np.isfinite(m['fpd']) and m['sep_mean'] < 0.5
     for f in ('index.html', 'profiles.png', 'average_shower.png', 'E_layer.png'):
         assert (d/'ev'/f).stat().st_size > 1000, f
     assert 'cls_high_auc' in (d/'ev'/'index.html').read_text()
