@@ -129,3 +129,35 @@ def test_pbwo4_second_detector_on_ds2():
     # homogeneous: all energy visible; ds2 (153 mm = 17 X0 deep, 42 mm = 2.1 R_M radius) contains ~90 %
     assert 0.8 < r.mean() < 1.0 and d.sampling_fraction == 1.0
     assert sd.showers.shape == (300, 45, 16, 9)
+
+
+# Published numbers of ../shared/data/g4/README.md (Geant4 11.4.1, W/Si, ds2 mesh): needs no data file
+README_E = [  # (E lo, E hi) GeV, sum(showers)/E mean, rms, shower max [X0]
+    ((1, 2), 0.0320, 0.0036, 4.0), ((2, 5), 0.0319, 0.0024, 5.0), ((5, 10), 0.0320, 0.0016, 5.9),
+    ((10, 20), 0.0320, 0.0011, 6.4), ((20, 50), 0.0320, 0.0008, 7.4), ((50, 100), 0.0320, 0.0005, 8.3)]
+README_A = [-0.5, 0.035, -0.3, 0.021, -0.1, 0.008, 0.1, -0.007, 0.3, -0.016, 0.5, -0.035]   # tilt bin centre, A (all r)
+
+
+@pytest.mark.parametrize('row', README_E, ids=lambda r: f'{r[0][0]}-{r[0][1]}GeV')
+def test_against_readme_table(row):
+    (lo, hi), mean, rms, tmax = row
+    rng = np.random.default_rng(lo)
+    E = np.exp(rng.uniform(np.log(lo*1e3), np.log(hi*1e3), 1500))
+    S = simulate(E, 'e-', 'ds2', seed=int(lo)).showers
+    r = S.sum((1, 2, 3))/E
+    assert abs(r.mean()/mean - 1) < 0.02
+    assert abs((r.std()/r.mean())/(rms/mean) - 1) < 0.2
+    assert abs(_shower_max(S.sum((2, 3)).mean(0)) - tmax) < 0.5
+
+
+def test_photon_tilt_asymmetry_against_readme():
+    rng = np.random.default_rng(0)
+    n = 4000
+    th = np.pi/2 + rng.uniform(-0.6, 0.6, n)
+    E = np.exp(rng.uniform(np.log(1e4), np.log(1e5), n))
+    S = simulate(E, 'gamma', 'ds2', theta=th, seed=4).showers.sum((1, 3))        # (n, phi)
+    plus = S[:, list(range(4)) + list(range(12, 16))].sum(1); A = (2*plus - S.sum(1))/S.sum(1)
+    tilt = th - np.pi/2
+    for c, a in zip(README_A[::2], README_A[1::2]):
+        m = np.abs(tilt - c) < 0.1
+        assert abs(A[m].mean() - a) < 0.01, (c, A[m].mean(), a)
