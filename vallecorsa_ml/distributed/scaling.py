@@ -269,7 +269,7 @@ def seed_break_even(g4_j_per_shower: float, hours: float = 7*24, gpus: int = 1, 
     j = gpus*gpu_w*hours*3600
     return {'train_kwh': j/J_PER_KWH, 'break_even_showers': break_even_showers(j, 0.0, g4_j_per_shower)}
 
-# %% ../../nbs/61_distributed.scaling.ipynb #5794e4de
+# %% ../../nbs/61_distributed.scaling.ipynb #1f49b257
 def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_gen: float | None = None, gan: dict | None = None) -> str:
     "Markdown: the measurement table, the fitted model, the projection, the seed comparison and the break-even."
     mdl = ScalingModel(**meas['model'])
@@ -286,15 +286,15 @@ def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_ge
              md_table(seed_comparison(mdl, b))]
     if gan is not None:
         gm = ScalingModel(gan['c'], 0.0, mdl.alpha, mdl.beta, gan['grad_bytes'])
+        parts += ['', f"3DGAN adapter (calo_gan): {gan['c']:.4g} s/sample on one core, gradient {gan['grad_bytes']/1e6:.3g} MB; "
+                  f"weak scaling at 8 samples/worker:", md_table(projection(gm, 8, workers=(1, 8, 32, 128, 256))), '',
+                  md_table(seed_comparison(gm, 8))]
         if gan.get('gen_j') is not None:
             e_g4_ = float(g4_cpu_seconds(loguniform_mean(1, 100)))*TDP_PER_CORE_W
             etr = projected_training_joules(gan['c'], 8000, 100)
             parts += ['', f"3DGAN adapter energy on this CPU (projected: 8000 showers x 100 epochs): {etr/J_PER_KWH:.3g} kWh "
                       f"({etr/J_PER_KWH*CARBON_G_PER_KWH/1e3:.3g} kg CO2e), generation {gan['gen_j']*1e3:.3g} mJ/shower -> "
                       f"break-even {break_even_showers(etr, gan['gen_j'], e_g4_):.3g} showers"]
-        parts += ['', f"3DGAN adapter (calo_gan): {gan['c']:.4g} s/sample on one core, gradient {gan['grad_bytes']/1e6:.3g} MB; "
-                  f"weak scaling at 8 samples/worker:", md_table(projection(gm, 8, workers=(1, 8, 32, 128, 256))), '',
-                  md_table(seed_comparison(gm, 8))]
     if e_train is not None and e_gen is not None:
         e_g4 = float(g4_cpu_seconds(loguniform_mean(1, 100)))*TDP_PER_CORE_W
         parts += ['', f"energy: training {e_train:.4g} J, generation {e_gen:.3g} J/shower, Geant4 {e_g4:.3g} J/shower "
