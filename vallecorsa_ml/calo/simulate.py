@@ -19,10 +19,10 @@ from .data import ShowerData, write_showers
 __all__ = ['DETECTORS', 'PARTICLES', 'TE', 'MAX_SPOTS', 'ENERGY_BINS', 'SI_MIP_PER_X0', 'G4_CPU_S_PER_GEV', 'Detector',
            'get_detector', 'long_moments', 'sample_longitudinal', 'profile_moments', 'shower_max', 'radial_params',
            'radial_cdf', 'tilt_modulation', 'simulate', 'response_table', 'fit_longitudinal', 'fit_radial',
-           'phi_asymmetry', 'fit_angles', 'fit_entrance', 'calibrate', 'parse_energy', 'parse_range', 'vml_simulate',
-           'bench_simulator', 'vml_bench_sim']
+           'phi_asymmetry', 'fit_angles', 'fit_tail', 'fit_entrance', 'calibrate', 'parse_energy', 'parse_range',
+           'vml_simulate', 'bench_simulator', 'vml_bench_sim']
 
-# %% ../../nbs/12_calo.simulate.ipynb #dce3e48c
+# %% ../../nbs/12_calo.simulate.ipynb #044893a4
 @dataclass(frozen=True)
 class Detector:
     "Material and response parameters of a calorimeter for the parametric simulator (lengths mm, energies MeV)."
@@ -43,6 +43,7 @@ class Detector:
     tilt_r: float = 8.0        # radius [mm] where the modulation peaks
     tilt_sf: float = 0.0       # relative change of the sampling fraction per rad^2 of tilt
     entrance: tuple = (0.0, 0.0, 1000.0)  # e± only, first TE X0: MIP [visible MeV/X0], and c [MeV], E1 [MeV] of c ln(E/E1)
+    tail: tuple = (0.0, 2.0)   # fraction and slowdown (beta/slowdown) of a second, slower gamma component (deep tail)
     def __post_init__(self):
         for k in ('X0', 'RM', 'Ec', 'Z', 'sampling_fraction', 'stochastic', 'spot_shape', 'tilt_r'):
             v = getattr(self, k)
@@ -53,6 +54,8 @@ class Detector:
         if len(self.long) != 10: raise VMLInputError(f"needs 10 coefficients, got {len(self.long)}", field='long')
         if len(self.radial) != 12: raise VMLInputError(f"needs 12 coefficients, got {len(self.radial)}", field='radial')
         if len(self.entrance) != 3: raise VMLInputError(f"needs 3 coefficients, got {len(self.entrance)}", field='entrance')
+        if len(self.tail) != 2 or not (0 <= self.tail[0] < 1 and self.tail[1] >= 1):
+            raise VMLInputError(f"needs (fraction in [0, 1), slowdown >= 1), got {self.tail}", field='tail')
     @property
     def spot_energy(self) -> float:
         "Incident-energy equivalent [MeV] of one spot: Poisson spots with Gamma(k) energies give sigma/E = a/sqrt(E)."
@@ -60,11 +63,12 @@ class Detector:
 
 DETECTORS = {
     # calibrated on ../shared/data/g4 (8000 e- 1-100 GeV, 4000 photons with angles) by `calibrate` + `fit_angles` below
-    'w_si': Detector('w_si', X0=1.7/0.4028, RM=10.9, Ec=7.97, Z=74, sampling_fraction=0.0324, layer_pitch=1.7,
-                     stochastic=0.1298, constant=0.0, spot_shape=1.0,
-                     long=(0.9127, 1.0204, 0.3369, 1.1818, -0.3345, 0.5846, -0.4271, 0.858, 0.1184, 0.0593),
+    'w_si': Detector('w_si', X0=1.7/0.4028, RM=10.9, Ec=7.97, Z=74, sampling_fraction=0.03239, layer_pitch=1.7,
+                     stochastic=0.1316, constant=0.0, spot_shape=1.0,
+                     long=(0.9641, 1.0093, 0.452, 1.1653, -0.2945, 0.5841, -0.6466, 0.8864, 0.109, 0.0581),
                      radial=(0.1046, 0.0, 0.1187, 0.549, 0.373, -4.11, 0.307, 0.048, 2.605, 0.4361, 0.9954, 0.0028),
-                     photon_delay=-0.291, tilt_phi=0.2631, tilt_r=9.148, tilt_sf=0.0372, entrance=(0.288, 0.3597, 3499.0)),
+                     photon_delay=-0.2225, tilt_phi=0.2631, tilt_r=9.148, tilt_sf=0.0372, entrance=(0.288, 0.3525, 3124.0),
+                     tail=(0.00276, 2.0)),
     # homogeneous PbWO4: PDG material constants, GFlash homogeneous longitudinal law (Z=68.4), not calibrated
     'pbwo4': Detector('pbwo4', X0=8.903, RM=19.59, Ec=9.64, Z=68.4, sampling_fraction=1.0, layer_pitch=0.0,
                       stochastic=0.028, constant=0.003, spot_shape=1.0),
@@ -144,7 +148,7 @@ def tilt_modulation(tilt, r, det: Detector):
     x = np.asarray(r, float)/det.tilt_r
     return np.clip(np.asarray(tilt, float)*det.tilt_phi*x**2*np.exp(2*(1 - x)), -0.9, 0.9)
 
-# %% ../../nbs/12_calo.simulate.ipynb #cb7af84f
+# %% ../../nbs/12_calo.simulate.ipynb #b464b855
 def _as_array(v, n, name, default):
     if v is None: return np.full(n, default, float)
     a = np.asarray(v, float).reshape(-1)
@@ -172,7 +176,10 @@ def _simulate_chunk(E, theta, det, mesh, rng, particle):
     dz = float(mesh.dz)
     n_gen = mesh.n_z if cyl else int(math.ceil(mesh.nz/max(np.cos(tilt).min(), 0.2))) + 1
     edges = np.arange(n_gen + 1)*dz/det.X0                                  # slice edges along the axis [X0]
-    G = gammainc(alpha[:, None], beta[:, None]*np.maximum(edges[None, :] - t0[:, None], 0.0))
+    x = np.maximum(edges[None, :] - t0[:, None], 0.0)
+    G = gammainc(alpha[:, None], beta[:, None]*x)
+    if det.tail[0] > 0:   # a small slower component: the deep tail of photons near their attenuation minimum
+        G = (1 - det.tail[0])*G + det.tail[0]*gammainc(alpha[:, None], beta[:, None]/det.tail[1]*x)
     sf = det.sampling_fraction*(1 + det.tilt_sf*tilt**2)                    # (n,)
     e_inc = np.full(n, det.spot_energy) if cyl else np.maximum(det.spot_energy, E/MAX_SPOTS)
     coarse = e_inc > det.spot_energy                                        # showers with enlarged spots
@@ -278,7 +285,7 @@ def simulate(energies, particle='e-', geometry='ds2', theta=None, phi=None, dete
                  angle_convention='Par04: theta w.r.t. beam axis (pi/2 normal incidence), phi recorded only')
     return ShowerData(out, E, None if theta is None else th, None if phi is None and theta is None else ph, mesh, attrs)
 
-# %% ../../nbs/12_calo.simulate.ipynb #de8361e1
+# %% ../../nbs/12_calo.simulate.ipynb #b9f34b96
 ENERGY_BINS = np.array([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000])*1000.0   # MeV
 
 def response_table(E, showers, mesh, det: Detector, bins=None):
@@ -414,6 +421,20 @@ def fit_angles(E, showers, theta, det: Detector, mesh='ds2', particle='gamma', s
             det = replace(det, photon_delay=float(det.photon_delay + tc_ref - tc_sim))
     return det
 
+def fit_tail(E, layers, det: Detector, mesh='ds2', t_deep: float = 28.0, seed: int = 0):
+    "Fit the fraction `tail[0]` of the slow component (`tail[1]` times slower) to the mean energy share beyond `t_deep` X0."
+    mesh = get_geometry(mesh)
+    E = np.asarray(E, float); L = np.asarray(layers, float)
+    edges = np.arange(L.shape[1] + 1)*float(mesh.dz)/det.X0
+    k0 = int(np.searchsorted(edges, t_deep))
+    if k0 >= L.shape[1]: raise VMLInputError(f"the mesh ends before {t_deep} X0", field='t_deep')
+    al, be, _ = sample_longitudinal(E, det, np.random.default_rng(seed))
+    G1 = gammainc(al[:, None], be[:, None]*edges[None, :]); G2 = gammainc(al[:, None], be[:, None]/det.tail[1]*edges[None, :])
+    deep = lambda G: ((G[:, -1] - G[:, k0])/G[:, -1]).mean()
+    d_ref = (L[:, k0:].sum(1)/np.maximum(L.sum(1), 1e-30)).mean()
+    f = (d_ref - deep(G1))/(deep(G2) - deep(G1))
+    return replace(det, tail=(float(np.clip(f, 0.0, 0.5)), float(det.tail[1])))
+
 SI_MIP_PER_X0 = 0.116/0.4028   # visible MeV per X0 of W/Si: 0.3 mm Si x 3.88 MeV/cm (PDG, MIP) per 0.4028 X0 layer
 
 def fit_entrance(E, showers, det: Detector, mesh='ds2', mip: float = SI_MIP_PER_X0, seed: int = 0):
@@ -437,7 +458,10 @@ def calibrate(E, showers, base: Detector, mesh='ds2', iterations: int = 2, seed:
     mesh = get_geometry(mesh)
     E = np.asarray(E, float); X = np.asarray(showers).reshape(len(E), -1)
     det = fit_radial(E, X, base, mesh, max_nfev=max_nfev)
-    det = fit_longitudinal(E, mesh.layer_view(X).sum(-1), det, mesh, iterations=iterations, seed=seed)
+    L = mesh.layer_view(X).sum(-1)
+    det = fit_longitudinal(E, L, det, mesh, iterations=iterations, seed=seed)
+    det = fit_tail(E, L, det, mesh, seed=seed)
+    det = fit_longitudinal(E, L, det, mesh, iterations=iterations, seed=seed)     # moments again, with the tail
     det = fit_entrance(E, X, det, mesh, seed=seed)
     rng = np.random.default_rng(seed + 1)
     for _ in range(2):
