@@ -29,7 +29,7 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     "KL(N(mu, exp(logvar)) || N(0, 1)) summed over the last axis."
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
 
-# %% ../../nbs/21_anomaly.autoencoder.ipynb #ff1eda55
+# %% ../../nbs/21_anomaly.autoencoder.ipynb #483ea243
 class ParticleAE(nn.Module):
     "Convolutional autoencoder (or VAE) of jets given as (B, 100, 3) constituent lists (pT, Δη, Δφ)."
     def __init__(self, latent: int = 8, variational: bool = False, n_const: int = N_CONST, filters=(16, 20, 24)):
@@ -56,7 +56,9 @@ class ParticleAE(nn.Module):
         self.mean.copy_(torch.tensor(x.mean(0))); self.std.copy_(torch.tensor(x.std(0) + 1e-8))
         return self
 
-    def normalize(self, x): return (x - self.mean) / self.std
+    def normalize(self, x):
+        "Standardise raw (pT, Δy, Δφ) rows with the training mean and std."
+        return (x - self.mean) / self.std
 
     def encode(self, x):
         "Normalised input → (μ, log σ²) for the VAE, (z, None) for the AE."
@@ -67,6 +69,7 @@ class ParticleAE(nn.Module):
         return (h[:, :self.latent], h[:, self.latent:]) if self.variational else (h, None)
 
     def decode(self, z):
+        "Latent vectors (B, ℓ) → reconstructed jets (B, 100, 3) in normalised units."
         h = self.dec(z).view(-1, *self.shape_conv)
         h = self.dec_conv(h).unsqueeze(-1)                  # (B, f1, n-2, 1)
         return self.dec_out(h).squeeze(1)                   # (B, n, 3), normalised units

@@ -1,4 +1,4 @@
-"""Generates the Standard-Model (QCD) and new-physics dijet events of the latent-space anomaly-detection study (arXiv:2301.10780) in the project itself: Pythia 8 at 13 TeV, FastJet anti-kT R = 0.8, the two leading jets with their 100 hardest constituents (pT, Δη, Δφ), 32×32 jet images, jet mass, soft-drop mass, τ21 and mjj, stored in HDF5 with every Pythia setting as an attribute.
+"""Generates the Standard-Model (QCD) and new-physics dijet events of the latent-space anomaly-detection study (arXiv:2301.10780) in the project itself: Pythia 8 at 13 TeV, FastJet anti-kT R = 0.8, the two leading jets with their 100 hardest constituents (pT, Δy, Δφ; y the rapidity FastJet clusters in, equal to η for massless particles), 32×32 jet images, jet mass, soft-drop mass, τ21 and mjj, stored in HDF5 with every Pythia setting as an attribute.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/anomaly.events.html.md"""
 
@@ -61,7 +61,7 @@ def process_settings(process: str, seed: int = 0) -> list[str]:
         raise VMLInputError(f"seed must be an integer in [0, 900000000], got {seed!r}", field='seed')
     return [*BASE_SETTINGS, "Random:setSeed = on", f"Random:seed = {int(seed)}", *PROCESSES[process]['settings']]
 
-# %% ../../nbs/20_anomaly.events.ipynb #39efacb4
+# %% ../../nbs/20_anomaly.events.ipynb #45f9730b
 def delta_phi(a, b):
     "φ_a − φ_b wrapped into [−π, π)."
     return (np.asarray(a) - np.asarray(b) + np.pi) % (2 * np.pi) - np.pi
@@ -77,7 +77,7 @@ def constituent_list(pt, eta, phi, jet_eta: float, jet_phi: float, n: int = N_CO
     return out
 
 def jet_image(consts: np.ndarray, npix: int = IMG_PIX, half: float = IMG_HALF) -> np.ndarray:
-    "pT-weighted `npix`×`npix` image of constituent rows (pT, Δη, Δφ) over [−half, half]² (rows: Δη, columns: Δφ)."
+    "pT-weighted `npix`×`npix` image of constituent rows (pT, Δy, Δφ) over [−half, half]² (rows: Δy, columns: Δφ)."
     edges = np.linspace(-half, half, npix + 1)
     img, _, _ = np.histogram2d(consts[:, 1], consts[:, 2], bins=(edges, edges), weights=consts[:, 0])
     return img.astype(np.float32)
