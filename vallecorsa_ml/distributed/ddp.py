@@ -27,7 +27,7 @@ __all__ = ['LR_RULES', 'TDP_PER_CORE_W', 'CARBON_G_PER_KWH', 'J_PER_KWH', 'SAMPL
            'warmup_factor', 'rapl_domains', 'rapl_delta_j', 'EnergyMeter', 'energy_account', 'unwrap', 'StepContext',
            'TrainTask', 'RegressorTask', 'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task',
            'TrainConfig', 'dist_env', 'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch',
-           'params_of', 'max_param_diff', 'Calo3DGANTask', 'vml_train']
+           'params_of', 'max_param_diff', 'Calo3DGANTask', 'CaloDiTTask', 'shower_metrics', 'vml_train']
 
 # %% ../../nbs/60_distributed.ddp.ipynb #e47fc729
 LR_RULES = ('linear', 'sqrt', 'none')
@@ -142,7 +142,7 @@ class TrainTask:
     @torch.no_grad()
     def metrics(self, models: dict, valid: Dataset) -> dict: return {}
 
-# %% ../../nbs/60_distributed.ddp.ipynb #97ef2d84
+# %% ../../nbs/60_distributed.ddp.ipynb #22b0eb45
 SAMPLING_FRACTION = 0.0320        # sum(showers)/E for the ds2 Geant4 electrons (shared/data/g4/README.md)
 
 def _g4_split(n_train: int, n_valid: int, kind: str = 'electrons', shipped: bool = True):
@@ -259,11 +259,12 @@ def make_task(name: str, **kwargs) -> TrainTask:
     except TypeError as e: raise VMLInputError(f"bad task arguments for {name!r}: {e}", field='task_args') from None
 
 def _load_adapters():
-    "Register the calo adapters whose modules are installed (`calo_gan`; the diffusion adapter once `calo.diffusion` exists)."
+    "Register the calo adapters whose modules are installed: `calo_gan` (calo.gan), `calo_dit` (calo.diffusion)."
     import importlib.util
-    cls = globals().get('Calo3DGANTask')   # defined further down in this module
-    if cls is not None and 'calo_gan' not in TASKS and importlib.util.find_spec('vallecorsa_ml.calo.gan') is not None:
-        TASKS['calo_gan'] = cls
+    for name, cls_name, mod in (('calo_gan', 'Calo3DGANTask', 'gan'), ('calo_dit', 'CaloDiTTask', 'diffusion')):
+        cls = globals().get(cls_name)   # defined further down in this module
+        if cls is not None and name not in TASKS and importlib.util.find_spec(f'vallecorsa_ml.calo.{mod}') is not None:
+            TASKS[name] = cls
 
 # %% ../../nbs/60_distributed.ddp.ipynb #1af79fe9
 @dataclass
@@ -516,7 +517,7 @@ def max_param_diff(a: dict, b: dict) -> float:
     if a.keys() != b.keys(): raise VMLInputError("the checkpoints hold different parameters", field='models')
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
-# %% ../../nbs/60_distributed.ddp.ipynb #f6c5ff16
+# %% ../../nbs/60_distributed.ddp.ipynb #aa160cf9
 class _GenU(nn.Module):
     "Routes `forward` to a 3DGAN generator's `forward_u`, so that DDP (which hooks `forward`) syncs its gradients."
     def __init__(self, G): super().__init__(); self.G = G
@@ -560,22 +561,65 @@ class Calo3DGANTask(TrainTask):
         return {'d_loss': float(ld.detach()), 'g_loss': float(lg.detach())}
     @torch.no_grad()
     def metrics(self, models, valid):
-        from vallecorsa_ml.calo.features import longitudinal_profile, shower_max
         G = models['gen'].G.eval()
         _, cond = valid.tensors
         z = torch.as_tensor(np.random.default_rng(1234).standard_normal((len(cond), self.cfg.latent)), dtype=torch.float32)
         x = G(z, cond).double().numpy()
         G.train()
-        ref = valid.showers; e = ref.energies
-        sf_g, sf_r = x.reshape(len(e), -1).sum(1)/e, ref.showers.reshape(len(e), -1).sum(1)/e
-        from vallecorsa_ml.calo.data import ShowerData
-        pg = longitudinal_profile(ShowerData(x.astype(np.float32), e, geometry=ref.geometry)).mean(0)
-        pr = longitudinal_profile(ref).mean(0)
-        return {'sf_mean_gen': float(sf_g.mean()), 'sf_mean_g4': float(sf_r.mean()), 'sf_mean_rel_err': float(abs(sf_g.mean()/sf_r.mean() - 1)),
-                'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
-                'shower_max_gen': shower_max(pg), 'shower_max_g4': shower_max(pr)}
+        return shower_metrics(x, valid.showers)
 
-# %% ../../nbs/60_distributed.ddp.ipynb #74a83de1
+class CaloDiTTask(TrainTask):
+    "Adapter: `vallecorsa_ml.calo.diffusion` (CaloDiT, EDM loss) trained by this engine with rank-invariant noise; same metrics."
+    name = 'calo_dit'
+    target = ('sf_mean_rel_err', 0.05, 'min')
+    def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons', shipped: bool = True,
+                 sample_steps: int = 8, P_mean: float = -1.2, P_std: float = 1.2, mirror_phi: bool = True, **dit_cfg):
+        from vallecorsa_ml.calo import diffusion
+        self.dm = diffusion
+        self.n_train, self.n_valid, self.kind, self.shipped = n_train, n_valid, kind, shipped
+        self.sample_steps, self.P_mean, self.P_std, self.mirror_phi = sample_steps, P_mean, P_std, mirror_phi
+        self.cfg = diffusion.DiTConfig(**dit_cfg)
+        self.det = 'g4_electrons' if kind == 'electrons' else 'g4_photons'
+    def make_datasets(self):
+        tr, va = _g4_split(self.n_train, self.n_valid, self.kind, self.shipped)
+        self.transform = self.dm.CellTransform(self.cfg.thr, self.cfg.delta).fit(torch.as_tensor(tr.showers[:2000]))
+        t, v = self.dm.dit_dataset([(tr, self.det)], self.transform), self.dm.dit_dataset([(va, self.det)], self.transform)
+        vds = TensorDataset(v.y, v.cond); vds.showers = va
+        return TensorDataset(t.y, t.cond), vds
+    def make_models(self):
+        m = self.dm.CaloDiT(self.cfg)
+        if hasattr(self, 'transform'): m.transform.load_state_dict(self.transform.state_dict())
+        return {'dit': m}
+    def loss(self, models, batch, ctx):
+        "EDM loss (Karras et al. 2022) as in `calo.diffusion.EDMLoss`, with φ-mirror, σ and noise drawn from `ctx.noise`."
+        y, cond = batch
+        nz = ctx.noise(2 + y[0].numel())
+        if self.mirror_phi: y = torch.where((nz[:, 0] > 0)[:, None, None, None], y.flip(2), y)
+        sigma = torch.exp(nz[:, 1]*self.P_std + self.P_mean)
+        noisy = y + nz[:, 2:].reshape(y.shape)*sigma[:, None, None, None]
+        D = models['dit'](noisy, sigma, cond)
+        sd = self.cfg.sigma_data
+        w = (sigma**2 + sd**2)/(sigma*sd)**2
+        return (w*((D.float() - y)**2).mean((1, 2, 3))).mean()
+    @torch.no_grad()
+    def metrics(self, models, valid):
+        ref = valid.showers
+        x = models['dit'].sample(ref.energies, ref.theta, ref.phi, detector=self.det, seed=1234, steps=self.sample_steps, return_torch=True)
+        return shower_metrics(x.double().numpy(), ref)
+
+def shower_metrics(x: np.ndarray, ref) -> dict:
+    "Sampling fraction (mean, rms) and shower maximum of generated showers `x` (MeV) against the Geant4 `ref` (`ShowerData`)."
+    from vallecorsa_ml.calo.features import longitudinal_profile, shower_max
+    from vallecorsa_ml.calo.data import ShowerData
+    e = np.asarray(ref.energies, float)
+    sf_g, sf_r = np.asarray(x, float).reshape(len(e), -1).sum(1)/e, ref.showers.reshape(len(e), -1).sum(1)/e
+    pg = longitudinal_profile(ShowerData(np.asarray(x, np.float32), e, geometry=ref.geometry)).mean(0)
+    pr = longitudinal_profile(ref).mean(0)
+    return {'sf_mean_gen': float(sf_g.mean()), 'sf_mean_g4': float(sf_r.mean()), 'sf_mean_rel_err': float(abs(sf_g.mean()/sf_r.mean() - 1)),
+            'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
+            'shower_max_gen': shower_max(pg), 'shower_max_g4': shower_max(pr)}
+
+# %% ../../nbs/60_distributed.ddp.ipynb #d2e1f322
 @call_parse
 @cli_errors('vml-train')
 def vml_train(task: str = 'regressor',       # registered task: regressor, profile_gan (+ calo adapters when present)
