@@ -619,10 +619,10 @@ def shower_metrics(x: np.ndarray, ref) -> dict:
             'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
             'shower_max_gen': shower_max(pg), 'shower_max_g4': shower_max(pr)}
 
-# %% ../../nbs/60_distributed.ddp.ipynb #d2e1f322
+# %% ../../nbs/60_distributed.ddp.ipynb #9451f9f4
 @call_parse
 @cli_errors('vml-train')
-def vml_train(task: str = 'regressor',       # registered task: regressor, profile_gan (+ calo adapters when present)
+def vml_train(task: str = 'regressor',       # task: regressor, profile_gan, calo_gan (3DGAN), calo_dit (CaloDiT)
               nproc: int = 1,                # local processes (torchrun when > 1)
               epochs: int = 2,               # total epochs (a resumed run continues to this count)
               batch: int = 64,               # global batch, split evenly over the processes

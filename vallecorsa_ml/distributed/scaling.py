@@ -20,9 +20,9 @@ from .ddp import (TrainConfig, train, make_task, torchrun_cmd, dist_env, TDP_PER
                                            CARBON_G_PER_KWH, J_PER_KWH, energy_account)
 
 # %% auto #0
-__all__ = ['NETWORKS', 'SEED_3DGAN', 'G4_CPU_S_PER_GEV', 'V100_W', 'ring_allreduce_time', 'fit_alpha_beta', 'ScalingModel',
-           'allreduce_times', 'bench_worker', 'time_to_target', 'grad_bytes', 'measure_scaling', 'projection',
-           'seed_comparison', 'task_step_cost', 'g4_cpu_seconds', 'loguniform_mean', 'break_even_showers',
+__all__ = ['NETWORKS', 'SEED_3DGAN', 'G4_CPU_S_PER_GEV', 'V100_W', 'ADAPTER_NAMES', 'ring_allreduce_time', 'fit_alpha_beta',
+           'ScalingModel', 'allreduce_times', 'bench_worker', 'time_to_target', 'grad_bytes', 'measure_scaling',
+           'projection', 'seed_comparison', 'task_step_cost', 'g4_cpu_seconds', 'loguniform_mean', 'break_even_showers',
            'sustainability_table', 'generation_joules_per_shower', 'projected_training_joules', 'seed_break_even',
            'scaling_report', 'vml_bench_ddp']
 
@@ -242,13 +242,20 @@ def sustainability_table(train_j: float, gen_j_per_shower: float, g4_j_per_showe
                      'ml_kg_co2e': ml/J_PER_KWH*carbon_g_per_kwh/1e3, 'g4_kg_co2e': g4/J_PER_KWH*carbon_g_per_kwh/1e3})
     return rows
 
-# %% ../../nbs/61_distributed.scaling.ipynb #4e2ccf13
+# %% ../../nbs/61_distributed.scaling.ipynb #ad384f9e
 def generation_joules_per_shower(task: str = 'profile_gan', n: int = 20_000, w_per_core: float = TDP_PER_CORE_W,
                                  task_args: dict | None = None) -> float:
     "CPU-time energy per sample of the task's generator (`gen` model) at batch `n` (untrained weights: same cost)."
     seed_everything(0)
     t = make_task(task, **(task_args or {}))
-    g = t.make_models()['gen'].eval()
+    ms = t.make_models()
+    if 'dit' in ms:                                             # CaloDiT: the Heun sampler with the task's steps
+        m = ms['dit'].eval()
+        e = np.geomspace(1e3, 1e5, n)
+        m.sample(e[:min(n, 8)], steps=t.sample_steps, return_torch=True)
+        c0 = time.process_time(); m.sample(e, steps=t.sample_steps, return_torch=True); c1 = time.process_time()
+        return (c1 - c0)*w_per_core/n
+    g = ms['gen'].eval()
     if hasattr(g, 'G') and hasattr(g.G, 'example_inputs'):     # calo.gan generator (sampling path: MeV showers)
         g, x = g.G, g.G.example_inputs(n)
     else:
@@ -269,9 +276,11 @@ def seed_break_even(g4_j_per_shower: float, hours: float = 7*24, gpus: int = 1, 
     j = gpus*gpu_w*hours*3600
     return {'train_kwh': j/J_PER_KWH, 'break_even_showers': break_even_showers(j, 0.0, g4_j_per_shower)}
 
-# %% ../../nbs/61_distributed.scaling.ipynb #1f49b257
-def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_gen: float | None = None, gan: dict | None = None) -> str:
-    "Markdown: the measurement table, the fitted model, the projection, the seed comparison and the break-even."
+# %% ../../nbs/61_distributed.scaling.ipynb #07327cf6
+ADAPTER_NAMES = {'calo_gan': '3DGAN', 'calo_dit': 'CaloDiT'}
+
+def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_gen: float | None = None, gan=None) -> str:
+    "Markdown: the measurement table, the fitted model, the projection, the seed comparison and the break-even (`gan`: adapter cost dicts)."
     mdl = ScalingModel(**meas['model'])
     load = meas.get('load')
     parts = [f"machine: {meas['machine'].get('model', '')}, {meas['machine'].get('cpus')} cores, load average {load}",
@@ -284,15 +293,15 @@ def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_ge
              f"beta = {mdl.beta*1e9:.3g} ns/byte, gradient {mdl.grad_bytes/1e6:.3g} MB", '',
              f"projection, weak scaling at {b:g} samples/worker:", md_table(projection(mdl, b)), '',
              md_table(seed_comparison(mdl, b))]
-    if gan is not None:
+    for gan in ([gan] if isinstance(gan, dict) else list(gan or [])):
         gm = ScalingModel(gan['c'], 0.0, mdl.alpha, mdl.beta, gan['grad_bytes'])
-        parts += ['', f"3DGAN adapter (calo_gan): {gan['c']:.4g} s/sample on one core, gradient {gan['grad_bytes']/1e6:.3g} MB; "
+        parts += ['', f"{ADAPTER_NAMES.get(gan['task'], gan['task'])} adapter ({gan['task']}): {gan['c']:.4g} s/sample on one core, gradient {gan['grad_bytes']/1e6:.3g} MB; "
                   f"weak scaling at 8 samples/worker:", md_table(projection(gm, 8, workers=(1, 8, 32, 128, 256))), '',
                   md_table(seed_comparison(gm, 8))]
         if gan.get('gen_j') is not None:
             e_g4_ = float(g4_cpu_seconds(loguniform_mean(1, 100)))*TDP_PER_CORE_W
             etr = projected_training_joules(gan['c'], 8000, 100)
-            parts += ['', f"3DGAN adapter energy on this CPU (projected: 8000 showers x 100 epochs): {etr/J_PER_KWH:.3g} kWh "
+            parts += ['', f"{ADAPTER_NAMES.get(gan['task'], gan['task'])} energy on this CPU (projected: 8000 showers x 100 epochs): {etr/J_PER_KWH:.3g} kWh "
                       f"({etr/J_PER_KWH*CARBON_G_PER_KWH/1e3:.3g} kg CO2e), generation {gan['gen_j']*1e3:.3g} mJ/shower -> "
                       f"break-even {break_even_showers(etr, gan['gen_j'], e_g4_):.3g} showers"]
     if e_train is not None and e_gen is not None:
@@ -314,7 +323,7 @@ def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_
                   repeats: int = 20,         # all-reduce repeats per size
                   gan_epochs: int = 30,      # epochs of the profile-GAN run whose energy is amortised
                   out: str = '',             # folder for scaling.json and bench.md
-                  gan_cost: bool = True,     # also time the 3DGAN adapter (calo_gan) and project it
+                  gan_cost: bool = True,     # also time the calo_gan (3DGAN) and calo_dit (CaloDiT) adapters and project them
                   ):
     "Scaling benchmark of the DDP engine on this machine: table, alpha-beta fit, projection to 256 workers, energy break-even."
     if nproc < 2: raise VMLInputError("nproc must be >= 2", field='nproc')
@@ -326,8 +335,11 @@ def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_
     gan = train(TrainConfig('profile_gan', dict(n_train=n_train, n_valid=116), epochs=gan_epochs, global_batch=64, lr=5e-4))
     from vallecorsa_ml.distributed.ddp import TASKS, _load_adapters
     _load_adapters()
-    gc = task_step_cost('calo_gan', dict(n_train=32, n_valid=8), batch=8, steps=2) if gan_cost and 'calo_gan' in TASKS else None
-    if gc: gc['gen_j'] = generation_joules_per_shower('calo_gan', 512, task_args=dict(n_train=16, n_valid=8))
+    gc = []
+    for t in ('calo_gan', 'calo_dit') if gan_cost else ():
+        if t in TASKS:
+            gc.append(task_step_cost(t, dict(n_train=32, n_valid=8), batch=8, steps=2))
+            gc[-1]['gen_j'] = generation_joules_per_shower(t, 128, task_args=dict(n_train=16, n_valid=8))
     rep = scaling_report(meas, e_train=gan['energy_j'], e_gen=generation_joules_per_shower('profile_gan', 100_000), gan=gc)
     (o/'bench.md').write_text(rep + '\n')
     print(rep)
