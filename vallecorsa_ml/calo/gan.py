@@ -308,12 +308,15 @@ def prepare_data(data, cfg: GANConfig, fit: bool = True):
     u = to_u(torch.from_numpy(x), torch.from_numpy(e.astype(np.float32)), cfg).float()
     return u, cond
 
-# %% ../../nbs/15_calo.gan.ipynb #4e47a258
-from fastai.learner import Learner
-from fastai.callback.core import Callback, CancelBatchException, CancelFitException
-from fastai.data.load import DataLoader
-from fastai.data.core import DataLoaders
-from fastai.callback.progress import ProgressCallback
+# %% ../../nbs/15_calo.gan.ipynb #306956f7
+import warnings
+with warnings.catch_warnings():   # fastai's import triggers torch's `jit.script` FutureWarning: keep CLI errors one line
+    warnings.simplefilter('ignore', FutureWarning)
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback, CancelBatchException, CancelFitException
+    from fastai.data.load import DataLoader
+    from fastai.data.core import DataLoaders
+    from fastai.callback.progress import ProgressCallback
 
 class _Pair(nn.Module):
     def __init__(self, G, D): super().__init__(); self.G, self.D = G, D
