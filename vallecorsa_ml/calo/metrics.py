@@ -18,10 +18,10 @@ from .features import (high_level_features, hlf_matrix, longitudinal_profile, tr
 
 # %% auto #0
 __all__ = ['separation_power_hist', 'separation_power', 'response_scale', 'readout_threshold', 'histogram_set',
-           'cell_spectrum_bins', 'separation_powers', 'summarize_separation', 'ClassifierDNN', 'classifier_inputs',
-           'classifier_test', 'normalise_features', 'frechet_distance', 'fpd', 'kpd', 'hist_compare',
-           'plot_feature_grid', 'plot_average_shower', 'plot_profiles', 'evaluate', 'vml_evaluate', 'bench_eval',
-           'vml_bench_eval']
+           'cell_spectrum_bins', 'separation_powers', 'summarize_separation', 'limit_threads', 'ClassifierDNN',
+           'classifier_inputs', 'classifier_test', 'normalise_features', 'frechet_distance', 'fpd', 'kpd',
+           'hist_compare', 'plot_feature_grid', 'plot_average_shower', 'plot_profiles', 'evaluate', 'vml_evaluate',
+           'bench_eval', 'vml_bench_eval']
 
 # %% ../../nbs/14_calo.metrics.ipynb #97165377
 def separation_power_hist(h1, h2) -> float:
@@ -95,9 +95,21 @@ def summarize_separation(sp: dict) -> dict:
     out['sep_mean'] = float(np.mean([v for v in sp.values() if np.isfinite(v)]))
     return out
 
-# %% ../../nbs/14_calo.metrics.ipynb #9fee1d13
+# %% ../../nbs/14_calo.metrics.ipynb #725ebfb7
 import torch
 from torch import nn
+import contextlib
+
+@contextlib.contextmanager
+def limit_threads(n: int | None = 1):
+    "Temporarily run torch and the BLAS pools with `n` threads (None: leave as is)."
+    if n is None: yield; return
+    from threadpoolctl import threadpool_limits
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n): yield
+    finally: torch.set_num_threads(prev)
 
 class ClassifierDNN(nn.Module):
     "The CaloChallenge evaluation classifier: input → `n_hidden` → (`n_layer` × `n_hidden`) → 1 logit, LeakyReLU."
@@ -130,8 +142,13 @@ def _predict(model, x, bs=10000):
 
 def classifier_test(gen, ref, kind: str = 'high', epochs: int = 50, seed: int = 0, batch_size: int = 1000,
                     lr: float = 2e-4, n_layer: int = 2, n_hidden: int = 512, max_n: int | None = None,
-                    gen_features: dict | None = None, ref_features: dict | None = None, verbose: bool = False) -> dict:
+                    gen_features: dict | None = None, ref_features: dict | None = None, verbose: bool = False,
+                    threads: int | None = 1) -> dict:
     "CaloChallenge classifier test of `gen` vs `ref` (ShowerData or input matrices): calibrated AUC and JSD on held-out data."
+    with limit_threads(threads):
+        return _classifier_test(gen, ref, kind, epochs, seed, batch_size, lr, n_layer, n_hidden, max_n, gen_features, ref_features, verbose)
+
+def _classifier_test(gen, ref, kind, epochs, seed, batch_size, lr, n_layer, n_hidden, max_n, gen_features, ref_features, verbose):
     from sklearn.metrics import roc_auc_score, accuracy_score
     from sklearn.isotonic import IsotonicRegression
     if epochs < 1: raise VMLInputError("epochs must be >= 1", field='epochs')
@@ -174,7 +191,7 @@ def classifier_test(gen, ref, kind: str = 'high', epochs: int = 50, seed: int = 
                 auc_uncalibrated=float(auc_raw), accuracy=float(accuracy_score(y_va, np.round(q))),
                 best_epoch=best_epoch, epochs=epochs, n_per_sample=int(n), n_val=int(len(va)), seconds=time.perf_counter() - t0)
 
-# %% ../../nbs/14_calo.metrics.ipynb #adf0d09f
+# %% ../../nbs/14_calo.metrics.ipynb #f29099f6
 def normalise_features(x, y=None):
     "Divide by the maximum absolute value of each feature of `x` (jetnet); zero columns left alone."
     m = np.max(np.abs(x), axis=0); m = np.where(m > 0, m, 1.0)
@@ -190,8 +207,11 @@ def frechet_distance(mu1, s1, mu2, s2) -> float:
     return float(d @ d + np.trace(s1) + np.trace(s2) - 2*tr_sqrt)
 
 def fpd(real, gen, min_samples: int = 20000, max_samples: int = 50000, num_batches: int = 20, num_points: int = 10,
-        normalise: bool = True, seed: int = 42) -> tuple:
+        normalise: bool = True, seed: int = 42, threads: int | None = 1) -> tuple:
     "Fréchet physics distance extrapolated to infinite sample size: (value, error) — jetnet's definition."
+    with limit_threads(threads): return _fpd(real, gen, min_samples, max_samples, num_batches, num_points, normalise, seed)
+
+def _fpd(real, gen, min_samples, max_samples, num_batches, num_points, normalise, seed):
     from scipy.optimize import curve_fit
     x, y = np.asarray(real, float), np.asarray(gen, float)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]: raise VMLInputError(f"feature matrices of shapes {x.shape} and {y.shape} do not match", field='features')
@@ -214,8 +234,11 @@ def _mmd_poly_unbiased(x, y):
     m, n = len(x), len(y)
     return float((kxx.sum() - np.trace(kxx))/(m*(m - 1)) + (kyy.sum() - np.trace(kyy))/(n*(n - 1)) - 2*kxy.mean())
 
-def kpd(real, gen, num_batches: int = 10, batch_size: int = 5000, normalise: bool = True, seed: int = 42) -> tuple:
+def kpd(real, gen, num_batches: int = 10, batch_size: int = 5000, normalise: bool = True, seed: int = 42, threads: int | None = 1) -> tuple:
     "Kernel physics distance (unbiased cubic-kernel MMD²): (median, half 68 % inter-quantile range) — jetnet's definition."
+    with limit_threads(threads): return _kpd(real, gen, num_batches, batch_size, normalise, seed)
+
+def _kpd(real, gen, num_batches, batch_size, normalise, seed):
     from scipy.stats import iqr
     x, y = np.asarray(real, float), np.asarray(gen, float)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]: raise VMLInputError(f"feature matrices of shapes {x.shape} and {y.shape} do not match", field='features')
@@ -346,7 +369,7 @@ def plot_profiles(gen: ShowerData, ref: ShowerData, path=None, labels=('generate
         if path: fig.savefig(path, dpi=80, bbox_inches='tight')
     return fig, seps
 
-# %% ../../nbs/14_calo.metrics.ipynb #c600c592
+# %% ../../nbs/14_calo.metrics.ipynb #b6f191f1
 def _flat_summary(m: dict) -> dict:
     keep = {}
     for k, v in m.items():
@@ -369,7 +392,7 @@ def _html_page(m: dict, figs: list, title: str) -> str:
 def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_epochs: int = 50, cls_max_n: int | None = None,
              cls_batch_size: int = 1000,
              fpd_kpd: bool = True, plots: bool = True, min_energy: float | None = None, seed: int = 0,
-             labels=('generated', 'Geant4'), title: str = 'Shower evaluation', fast: bool = False) -> dict:
+             labels=('generated', 'Geant4'), title: str = 'Shower evaluation', fast: bool = False, plot_layers: int = 8) -> dict:
     "All metrics of `gen` against `ref`; with `out_dir`: metrics.json, standard PNG plots and index.html."
     if not isinstance(gen, ShowerData) or not isinstance(ref, ShowerData): raise VMLInputError("gen and ref must be ShowerData", field='data')
     if gen.geometry.shape != ref.geometry.shape:
@@ -411,7 +434,7 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
             with Timer() as tm:
                 matplotlib.use('Agg') if matplotlib.get_backend().lower() not in ('agg', 'module://matplotlib_inline.backend_inline') else None
                 g = ref.geometry; hs = histogram_set(rf, g, me)
-                L = list(np.linspace(0, g.n_layers - 1, 8).astype(int))
+                L = list(np.linspace(0, g.n_layers - 1, plot_layers).astype(int))
                 fig = plot_average_shower(gen, ref, path=out/'average_shower.png', labels=labels); plt.close(fig); figs.append('average_shower.png')
                 fig, _ = plot_profiles(gen, ref, path=out/'profiles.png', labels=labels, min_energy=me, gen_f=gf, ref_f=rf); plt.close(fig); figs.append('profiles.png')
                 for key, ttl in (('E_layer', 'energy per layer'), ('EC_x', 'centre of energy in x (η)'), ('width_x', 'width in x (η)'),
