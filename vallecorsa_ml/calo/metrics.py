@@ -247,8 +247,8 @@ def _kpd(real, gen, num_batches, batch_size, normalise, seed):
     v = [_mmd_poly_unbiased(x[rng.choice(len(x), batch_size)], y[rng.choice(len(y), batch_size)]) for _ in range(num_batches)]
     return float(np.median(v)), float(iqr(v, rng=(16.275, 83.725))/2)
 
-# %% ../../nbs/14_calo.metrics.ipynb #803c910a
-import matplotlib
+# %% ../../nbs/14_calo.metrics.ipynb #05b76c3c
+import matplotlib, matplotlib.ticker
 import matplotlib.pyplot as plt
 
 def _style():
@@ -279,8 +279,8 @@ def hist_compare(ax, rx, gen, ref, bins, xlabel='', logx=False, logy=False, labe
     if logx: ax.set_xscale('log')
     if logy: ax.set_yscale('log')
     sp = separation_power_hist(hg, hr) if sep is None else sep
-    ax.text(0.97, 0.95, f"sep. power {sp:.3g}", transform=ax.transAxes, ha='right', va='top', fontsize='x-small')
-    ax.legend(fontsize='x-small', loc='upper left')
+    ax.set_title(f"separation power {sp:.3g}", fontsize='x-small', loc='right')
+    ax.legend(fontsize='x-small', loc='best')
     return sp
 
 def plot_feature_grid(gen_f, ref_f, geometry, key, layers, hs, title, path=None, labels=('generated', 'Geant4')):
@@ -296,7 +296,7 @@ def plot_feature_grid(gen_f, ref_f, geometry, key, layers, hs, title, path=None,
             ax, rx = _ratio_axes(fig, gs[i//cols, i % cols])
             logx = key == 'E_layer'
             hist_compare(ax, rx, gen_f[key][:, l], ref_f[key][:, l], b, f'{key} [layer {l}]', logx=logx, logy=logx, labels=labels)
-        fig.suptitle(title, fontsize='medium')
+        fig.suptitle(title, fontsize='medium', y=1.02)
         if path: fig.savefig(path, dpi=80, bbox_inches='tight')
     return fig
 
@@ -364,7 +364,10 @@ def plot_profiles(gen: ShowerData, ref: ShowerData, path=None, labels=('generate
         for d, lab, mk in ((ref, labels[1], 'o'), (gen, labels[0], 's')):
             rw = relative_width(d, bins)
             ax.plot(rw['e_mean']/1e3, rw['rel_width'], mk, label=lab)
-        ax.set(xscale='log', xlabel=r'$E_{inc}$ [GeV]', ylabel=r'$\sigma/\mu$ of $E_{tot}/E_{inc}$', title='relative width')
+        ax.set(xscale='log', xlabel=r'$E_{inc}$ [GeV]', ylabel=r'$\sigma/\mu$ of $E_{tot}/E_{inc}$')
+        ax.set_title('relative width', fontsize='small')
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
         ax.legend(fontsize='x-small')
         if path: fig.savefig(path, dpi=80, bbox_inches='tight')
     return fig, seps
