@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.vml-installed
 PROFILE ?= quick
 export HF_HUB_OFFLINE := 1
-export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
 .PHONY: run test docs lab export clean-nbs readme sysdeps install help
