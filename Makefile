@@ -43,10 +43,11 @@ test: $(STAMP) sysdeps
 	@if [ -n "$$(git status --porcelain -- vallecorsa_ml)" ]; then \
 	  git status --porcelain -- vallecorsa_ml; git --no-pager diff --stat -- vallecorsa_ml; \
 	  echo "vallecorsa_ml/ is out of date with nbs/: run nbdev-export and commit" >&2; exit 1; fi
-	@echo "== nbdev-test"
-	$(BIN)/nbdev-test --n-workers 2
+	@echo "== nbdev-test (on a copy of nbs/, outputs saved so that the docs build renders them without executing twice)"
+	@rm -rf nbs_tested && mkdir nbs_tested && cp nbs/*.ipynb nbs_tested/
+	$(BIN)/nbdev-test --n-workers 2 --save nbs_tested
 	@echo "== pytest (CLI, bad inputs, end to end, docs build + headless Chromium check)"
-	$(BIN)/python -m pytest -q tests
+	VML_DOCS_EXECUTED=nbs_tested $(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests
 
 docs: $(STAMP) sysdeps
 	$(BIN)/vml-docs $(if $(QUARTO),--quarto,)

@@ -293,11 +293,11 @@ def _check_site(site_dir, screenshot=None):
             if anchor and tname in ids and anchor not in ids[tname]: r['warnings'].append(f'missing anchor: {href}')
     return res
 
-# %% ../nbs/03_docs.ipynb #4559f3ef
+# %% ../nbs/03_docs.ipynb #83ac16fa
 def build_docs(out: str | os.PathLike = '_site', build: str | os.PathLike = 'build/docs', execute: bool = True,
                profile: str = 'smoke', workers: int = 2, check: bool = True, notebooks: Sequence[str] | None = None,
-               verbose: bool = True) -> dict:
-    "Offline docs: execute → nbdev processing → pandoc pages in `out` → Chromium check. Returns a summary dict."
+               verbose: bool = True, executed: str | os.PathLike | None = None) -> dict:
+    "Offline docs: execute (or take already `executed` copies) → nbdev processing → pandoc pages in `out` → Chromium check."
     root = repo_root()
     if root is None: raise VMLInputError("build the docs from a checkout", field='docs')
     nbs = doc_notebooks(root/'nbs')
@@ -308,7 +308,12 @@ def build_docs(out: str | os.PathLike = '_site', build: str | os.PathLike = 'bui
     exec_dir.mkdir(parents=True)
     summary = {'pages': [], 'exec_errors': {}}
     with Timer() as t:
-        if execute:
+        if executed:   # notebooks already executed elsewhere (make test: `nbdev-test --save` on a copy)
+            executed = Path(executed)
+            missing = [p.name for p in nbs if not (executed/p.name).exists()]
+            if missing: raise VMLInputError(f"executed copies missing: {', '.join(missing)}", file=executed)
+            for p in nbs: shutil.copy2(executed/p.name, exec_dir/p.name)
+        elif execute:
             if verbose: print(f"executing {len(nbs)} notebooks ({profile}, {workers} workers)", flush=True)
             summary['exec_errors'] = {k: v for k, v in execute_notebooks(nbs, exec_dir, profile, workers, verbose=verbose).items() if v}
         else:
@@ -357,6 +362,7 @@ def vml_docs(
     no_execute: bool = False,    # Render the notebooks as saved instead of executing them
     no_check: bool = False,      # Skip the headless-Chromium check
     workers: int = 2,            # Notebooks executed in parallel
+    executed: str = None,        # Folder of already executed copies of the notebooks (e.g. from `nbdev-test --save`)
     quarto: bool = False,        # Use nbdev-docs (Quarto) instead; needs Quarto installed
     readme: bool = False,        # Only regenerate README.md from nbs/index.ipynb
 ):
@@ -366,7 +372,7 @@ def vml_docs(
     if quarto:
         if not shutil.which('quarto'): raise VMLInputError("Quarto is not installed; drop --quarto for the offline route", field='quarto')
         raise SystemExit(subprocess.call(['nbdev-docs']))
-    s = build_docs(out, build, execute=not no_execute, workers=workers, check=not no_check)
+    s = build_docs(out, build, execute=not no_execute, workers=workers, check=not no_check, executed=executed)
     bad = [r for r in s.get('check', []) if r['problems']]
     print(f"{len(s['pages'])} pages in {out} ({s['seconds']:.0f} s)")
     for r in bad: print(f"  {r['page']}: " + '; '.join(r['problems'][:5]), file=sys.stderr)
