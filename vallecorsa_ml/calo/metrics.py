@@ -448,7 +448,7 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
         (out/'index.html').write_text(_html_page(m, figs, title))
     return m
 
-# %% ../../nbs/14_calo.metrics.ipynb #3ca5cd7c
+# %% ../../nbs/14_calo.metrics.ipynb #ad3bbb75
 from fastcore.script import call_parse, store_true
 
 @call_parse
@@ -498,11 +498,12 @@ def bench_eval(n: int = 10000, repeats: int = 3, seed: int = 0) -> list:
 @call_parse
 @cli_errors('vml-bench-eval')
 def vml_bench_eval(n: int = 10000,     # showers per sample
-                   repeats: int = 3):  # timed repeats
+                   repeats: int = 3,   # timed repeats
+                   threads: int = 1):  # torch/BLAS threads
     "Benchmark of the evaluation: histogram metrics, FPD and KPD on n vs n dataset-2 showers."
     if n < 100: raise VMLInputError("must be >= 100", field='--n')
-    res = bench_eval(n, repeats)
+    with limit_threads(threads): res = bench_eval(n, repeats)
     info = cpu_info()
-    print(f"# evaluation benchmark: {n} vs {n} dataset-2 showers; {info.get('model', '')}, {info.get('cpus')} CPUs, torch threads {info.get('torch_threads')}")
+    print(f"# evaluation benchmark: {n} vs {n} dataset-2 showers; {info.get('model', '')}, {info.get('cpus')} CPUs, {threads} thread(s); load average {os.getloadavg()[0]:.1f}")
     print(bench_table(res))
     return res
