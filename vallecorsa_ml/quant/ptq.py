@@ -64,7 +64,7 @@ def g4_conditions(n: int, kind: str = 'electrons', seed: int = 0) -> dict:
     return dict(energies_MeV=np.asarray(d.energies)[idx], thetas=None if d.theta is None else np.asarray(d.theta)[idx],
                 phis=None if d.phi is None else np.asarray(d.phi)[idx])
 
-# %% ../../nbs/50_quant.ptq.ipynb #fdddfb5c
+# %% ../../nbs/50_quant.ptq.ipynb #5910e5d2
 METHODS = ('fp32', 'bf16', 'int8-dyn', 'int8-pt2e', 'ort-fp32', 'ort-int8', 'ort-int8-dyn')
 
 @dataclass
@@ -104,7 +104,7 @@ def _int8_pt2e(net, calib):
     q = xiq.X86InductorQuantizer(); q.set_global(xiq.get_default_x86_inductor_quantization_config())
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        em = torch.export.export(net.eval(), tuple(calib)).module()
+        em = torch.export.export(net.eval(), tuple(calib), dynamic_shapes=tuple({0: torch.export.Dim.DYNAMIC} for _ in calib)).module()
         pm = prepare_pt2e(em, q)
         with torch.no_grad(): pm(*calib)            # calibration: observers see the real-condition inputs
         cm = convert_pt2e(pm)
