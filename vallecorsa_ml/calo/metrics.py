@@ -448,7 +448,7 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
         (out/'index.html').write_text(_html_page(m, figs, title))
     return m
 
-# %% ../../nbs/14_calo.metrics.ipynb #ad3bbb75
+# %% ../../nbs/14_calo.metrics.ipynb #4afda29c
 from fastcore.script import call_parse, store_true
 
 @call_parse
@@ -480,7 +480,7 @@ def vml_evaluate(gen: str,                 # generated showers, HDF5 (CaloChalle
 
 def bench_eval(n: int = 10000, repeats: int = 3, seed: int = 0) -> list:
     "Time the histogram metrics on `n` vs `n` dataset-2 showers; a list of `BenchResult`."
-    g4 = load_g4('electrons')
+    g4 = load_g4('electrons', n=None if n > 2000 else 2000)
     rng = np.random.default_rng(seed)
     gen, ref = g4[np.sort(rng.integers(0, len(g4), n))], g4[np.sort(rng.integers(0, len(g4), n))]
     gf, rf = high_level_features(gen), high_level_features(ref)
