@@ -247,7 +247,7 @@ def _kpd(real, gen, num_batches, batch_size, normalise, seed):
     v = [_mmd_poly_unbiased(x[rng.choice(len(x), batch_size)], y[rng.choice(len(y), batch_size)]) for _ in range(num_batches)]
     return float(np.median(v)), float(iqr(v, rng=(16.275, 83.725))/2)
 
-# %% ../../nbs/14_calo.metrics.ipynb #05b76c3c
+# %% ../../nbs/14_calo.metrics.ipynb #6a21a0ad
 import matplotlib, matplotlib.ticker
 import matplotlib.pyplot as plt
 
@@ -308,7 +308,7 @@ def plot_average_shower(gen: ShowerData, ref: ShowerData, layers=None, path=None
     vmax = float(mr.max()); vmin = max(vmax*1e-5, 1e-6)
     norm = matplotlib.colors.LogNorm(vmin=vmin, vmax=vmax)
     with _style():
-        fig = plt.figure(figsize=(2.8*len(layers), 6))
+        fig = plt.figure(figsize=(3.3*len(layers), 7))
         for row, (m, lab) in enumerate(((mr, labels[1]), (mg, labels[0]))):
             for j, l in enumerate(layers):
                 if isinstance(g, CylMesh):
@@ -320,7 +320,7 @@ def plot_average_shower(gen: ShowerData, ref: ShowerData, layers=None, path=None
                     ax = fig.add_subplot(2, len(layers), row*len(layers) + j + 1)
                     pcm = ax.imshow(m[l].reshape(g.nx, g.ny).T + 1e-12, norm=norm, origin='lower', cmap='viridis')
                     ax.set_xticks([]); ax.set_yticks([])
-                ax.set_title(f'{lab}, layer {l}', fontsize='x-small')
+                ax.set_title(f'{lab}\nlayer {l}', fontsize='xx-small')
         fig.colorbar(pcm, ax=fig.axes, shrink=0.6, label='mean energy [MeV]')
         if path: fig.savefig(path, dpi=80, bbox_inches='tight')
     return fig
