@@ -75,17 +75,21 @@ def qat_finetune(student: nn.Module, teacher: nn.Module, energies_MeV, steps: in
     student.eval()
     return hist
 
-# %% ../../nbs/51_quant.qat.ipynb #ea4eb8fd
+# %% ../../nbs/51_quant.qat.ipynb #bdc7a28e
 def export_qat_onnx(student: nn.Module, path, batch: int = 2, opset: int = 17) -> Path:
     "Export the brevitas generator `forward(z, cond)` to QCDQ ONNX (inputs `z`, `cond`, output `out`, dynamic batch), atomically."
     from brevitas.export import export_onnx_qcdq
     path = Path(path)
     student.eval()
     args = tuple(student.example_inputs(batch))
-    with atomic_write(path, suffix='.onnx') as tmp, warnings.catch_warnings():
+    import onnx, tempfile
+    with tempfile.TemporaryDirectory() as td, warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        export_onnx_qcdq(student, args=args, export_path=str(tmp), input_names=['z', 'cond'], output_names=['out'],
+        raw = Path(td)/'m.onnx'       # the exporter may write weights beside the file: re-save them inside it
+        export_onnx_qcdq(student, args=args, export_path=str(raw), input_names=['z', 'cond'], output_names=['out'],
                          opset_version=opset, dynamic_axes={'z': {0: 'batch'}, 'cond': {0: 'batch'}, 'out': {0: 'batch'}})
+        m = onnx.load(str(raw))
+        with atomic_write(path, suffix='.onnx') as tmp: onnx.save_model(m, str(tmp), save_as_external_data=False)
     return path
 
 def onnx_op_counts(path) -> dict:
