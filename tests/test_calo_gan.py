@@ -80,7 +80,7 @@ def test_onnx_parity_dynamic_batch(trained, tmp_path):
 @pytest.mark.parametrize('args, msg', [
     (['--energies', '500GeV'], 'outside the trained range'),
     (['--energies', 'abcGeV'], 'cannot read energy'),
-    (['--energies', '-5GeV'], 'energy'),
+    (['--energies=-5GeV'], 'must satisfy 0 < lo'),
     (['--n', '0'], 'must be >= 1'),
 ])
 def test_generate_bad_inputs(trained, tmp_path, args, msg):
