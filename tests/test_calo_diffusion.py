@@ -52,6 +52,12 @@ def test_train_resume_generate_end_to_end(tmp_path):
     out2 = tmp_path/'gen2.h5'
     r = _run(BIN/'vml-generate-dit', ck, out2, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4)
     assert np.array_equal(read_showers(out2).showers, sd.showers)
+    # the project-wide vml-generate dispatches on the checkpoint's model type
+    out3 = tmp_path/'gen3.h5'
+    r = _run(BIN/'vml-generate', '--checkpoint', ck, '--out', out3, '--energies', '20-60GeV', '--n', 4, '--theta', '1.9-2.1')
+    assert r.returncode == 0, r.stderr
+    sd3 = read_showers(out3)
+    assert len(sd3) == 4 and sd3.showers.shape[1:] == (45, 16, 9) and np.all(sd3.energies >= 20e3 - 1e-3)
     r = _run(BIN/'vml-generate-dit', ck, out2, '--energies', '50', '--n', 2)
     assert r.returncode == 2 and 'unit' in r.stderr
     r = _run(BIN/'vml-generate-dit', ck, out2, '--detector', 'lead', '--n', 2)

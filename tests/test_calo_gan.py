@@ -59,14 +59,14 @@ def test_generate_writes_calochallenge(trained, tmp_path):
     lo, hi = round(cfg['e_min']*1.2), round(cfg['e_max']/1.2)          # inside the trained range
     assert hi > 5*lo
     spec = f'{lo},{hi}MeV'
-    r = run('vml-generate', d/'a'/'last.pt', tmp_path/'g.h5', '--energies', spec, '--n', 40, '--seed', 1)
+    r = run('vml-generate', '--checkpoint', d/'a'/'last.pt', '--out', tmp_path/'g.h5', '--energies', spec, '--n', 40, '--seed', 1)
     assert r.returncode == 0, r.stderr
     sd = read_showers(tmp_path/'g.h5')
     assert sd.showers.shape == (40, 45, 16, 9) and sd.geometry.name == 'ds2'
     assert np.allclose(sd.energies[:2], [lo, hi]) and np.isfinite(sd.showers).all() and (sd.showers >= 0).all()
     tot = sd.flat.sum(1)
     assert tot[sd.energies == hi].mean() > 0.3*(hi/lo)*tot[sd.energies == lo].mean()   # conditioning on energy
-    r2 = run('vml-generate', d/'a'/'last.pt', tmp_path/'g2.h5', '--energies', spec, '--n', 40, '--seed', 1)
+    r2 = run('vml-generate', '--checkpoint', d/'a'/'last.pt', '--out', tmp_path/'g2.h5', '--energies', spec, '--n', 40, '--seed', 1)
     assert r2.returncode == 0 and np.array_equal(read_showers(tmp_path/'g2.h5').showers, sd.showers)
 
 
@@ -85,16 +85,16 @@ def test_onnx_parity_dynamic_batch(trained, tmp_path):
 ])
 def test_generate_bad_inputs(trained, tmp_path, args, msg):
     d, _, _ = trained
-    r = run('vml-generate', d/'a'/'last.pt', tmp_path/'x.h5', *args)
+    r = run('vml-generate', '--checkpoint', d/'a'/'last.pt', '--out', tmp_path/'x.h5', *args)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path/'x.h5').exists()
 
 
 def test_bad_checkpoints_and_training_args(tmp_path):
-    r = run('vml-generate', tmp_path/'missing.pt', tmp_path/'x.h5')
+    r = run('vml-generate', '--checkpoint', tmp_path/'missing.pt', '--out', tmp_path/'x.h5')
     assert r.returncode == 2 and 'not found' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     (tmp_path/'junk.pt').write_text('not a checkpoint')
-    r = run('vml-generate', tmp_path/'junk.pt', tmp_path/'x.h5')
+    r = run('vml-generate', '--checkpoint', tmp_path/'junk.pt', '--out', tmp_path/'x.h5')
     assert r.returncode == 2 and 'checkpoint' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run('vml-train-gan', '--data', tmp_path/'none.h5')
     assert r.returncode == 2 and '--max-steps or --minutes' in r.stderr

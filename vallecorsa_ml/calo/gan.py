@@ -521,7 +521,8 @@ def train_gan(data, cfg: GANConfig | None = None, ckpt_dir=None, max_steps: int 
     return tr.fit(progress=progress, save_on_exit=save_on_exit)
 
 # %% ../../nbs/15_calo.gan.ipynb #4541c7b7
-GENERATORS = {'gan': 'vallecorsa_ml.calo.gan:load_gan'}
+GENERATORS = {'gan': 'vallecorsa_ml.calo.gan:load_gan',
+              'dit': 'vallecorsa_ml.calo.diffusion:load_dit_checkpoint'}   # 16_calo.diffusion
 
 def load_gan(ck: dict, raw: bool = False) -> Generator:
     "The EMA generator (or with `raw`, the last trained weights, threshold re-calibrated) of a 3DGAN checkpoint dict, in eval mode."
@@ -614,8 +615,8 @@ def _parse_energies(spec: str, n: int, rng) -> np.ndarray:
 @call_parse
 @cli_errors('vml-generate')
 def vml_generate(
-    checkpoint: str,             # Checkpoint file (any registered generator: gan, ...)
-    out: str,                    # Output HDF5 (CaloChallenge layout)
+    checkpoint: str = None,      # Checkpoint file (any registered generator: gan, dit)
+    out: str = None,             # Output HDF5 (CaloChallenge layout)
     energies: str = '1-100GeV',  # '50GeV', a log-uniform range '1-100GeV' or a list '10,50,90GeV'
     n: int = 1000,               # Number of showers
     theta: str = None,           # Polar angle [rad] or range (uniform), for angle-conditioned models
@@ -629,6 +630,8 @@ def vml_generate(
     "Generate showers with a trained generator and write them as CaloChallenge HDF5."
     from vallecorsa_ml.calo.data import write_showers
     from vallecorsa_ml.calo.simulate import parse_range
+    if not checkpoint: raise VMLInputError("required", field='--checkpoint')
+    if not out: raise VMLInputError("required", field='--out')
     if n < 1: raise VMLInputError("must be >= 1", field='n')
     if threads: set_threads(threads)
     G = load_generator(checkpoint, model, **({'raw': True} if raw else {}))
