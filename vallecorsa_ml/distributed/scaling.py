@@ -144,10 +144,13 @@ def measure_scaling(task: str = 'regressor', task_args: dict | None = None, npro
         (d/'spec.json').write_text(json.dumps(spec))
         env = {**os.environ, 'OMP_NUM_THREADS': str(th)}
         for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-        with open(d/'launch.log', 'w') as log:
-            r = subprocess.run(torchrun_cmd(n, sys.executable, '-c', _BENCH_WORKER, str(d/'spec.json')), stdout=log,
-                               stderr=subprocess.STDOUT, env=env, timeout=timeout)
-        if r.returncode != 0: raise VMLError(f"benchmark with {n} processes failed (log: {d/'launch.log'})")
+        for attempt in (1, 2):   # gloo can abort at start-up on a heavily loaded machine: one retry, both logged
+            with open(d/'launch.log', 'a' if attempt > 1 else 'w') as log:
+                if attempt > 1: log.write(f"\n--- retry {attempt} ---\n"); log.flush()
+                r = subprocess.run(torchrun_cmd(n, sys.executable, '-c', _BENCH_WORKER, str(d/'spec.json')), stdout=log,
+                                   stderr=subprocess.STDOUT, env=env, timeout=timeout)
+            if r.returncode == 0: break
+        if r.returncode != 0: raise VMLError(f"benchmark with {n} processes failed twice (log: {d/'launch.log'})")
         res = load_json(d/'bench_result.json')
         rows.append(_case(res['train'], f'{n} procs x {th} thread' + ('s' if th > 1 else ''), n, target))
         ar[n] = res['allreduce']
