@@ -220,7 +220,7 @@ def render_site(proc_dir: str | os.PathLike, site_dir: str | os.PathLike, names:
         file = meta.get('output-file') or ('index.html' if p.stem == 'index' else f'{p.stem}.html')
         title = str(meta.get('title') or p.stem)
         pages.append(dict(src=p, nb=nb, meta=meta, file=file, title=title, section=section_of(p.stem),
-                          label=title if p.stem == 'index' else title))
+                          label='Overview' if p.stem == 'index' else title))
     pandoc = pandoc_path()
     tpl = site_dir/'.template.html'; tpl.write_text(_TEMPLATE)
     for pg in pages:
