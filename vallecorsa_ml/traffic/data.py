@@ -17,8 +17,8 @@ from ..core import VMLInputError, atomic_write, seed_everything
 
 # %% auto #0
 __all__ = ['STEP_S', 'METRICS', 'DIRECTIONS', 'COLUMNS', 'TIME_COL', 'LOG_METRICS', 'utilisation', 'waterfill', 'DirectionConfig',
-           'LinkConfig', 'simulate_link', 'load_traffic', 'save_traffic', 'make_windows', 'chrono_split', 'Scaler',
-           'calendar_features']
+           'LinkConfig', 'simulate_link', 'oracle_paths', 'load_traffic', 'save_traffic', 'make_windows',
+           'chrono_split', 'Scaler', 'calendar_features']
 
 # %% ../../nbs/30_traffic.data.ipynb #c75e4413
 STEP_S = 120
@@ -141,12 +141,16 @@ def _ar1(e, phi):
     return y
 
 @numba.njit(cache=_NB_CACHE)
-def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active):
-    "FIFO queue + concurrency limit + max-min fair sharing of `C - background`, one sub-step at a time."
+def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na, head, snap):
+    """FIFO queue + concurrency limit + max-min fair sharing of `C - background`, one sub-step at a time.
+    Starts from the state `act`/`rem` (ids and remaining bits of the `na` running files), `head` (next file to
+    start); records that state at the end of the steps listed (sorted) in `snap`."""
     n_sub = arrived.size; n_steps = n_sub // S
     fts = np.zeros(n_sub); act_n = np.zeros(n_steps); act_size = np.zeros(n_steps); queued = np.zeros(n_steps)
-    act = np.empty(max_active, np.int64); rem = np.empty(max_active); caps = np.empty(max_active); x = np.empty(max_active)
-    na = 0; head = 0; done_bits = 0.; n_done = 0
+    caps = np.empty(max_active); x = np.empty(max_active)
+    s_act = np.zeros((snap.size, max_active), np.int64); s_rem = np.zeros((snap.size, max_active))
+    s_na = np.zeros(snap.size, np.int64); s_head = np.zeros(snap.size, np.int64); si = 0
+    done_bits = 0.; n_done = 0
     for k in range(n_sub):
         while na < max_active and head < arrived[k]:
             act[na] = head; rem[na] = sizes[head]; na += 1; head += 1
@@ -168,34 +172,48 @@ def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active):
                 m = 0.
                 for i in range(na): m += sizes[act[i]]
                 act_size[q] = m / na / 8.
+            while si < snap.size and snap[si] == q:
+                s_act[si, :na] = act[:na]; s_rem[si, :na] = rem[:na]; s_na[si] = na; s_head[si] = head; si += 1
     inflight = 0.
     for i in range(na): inflight += sizes[act[i]] - rem[i]
-    return fts, act_n, act_size, queued, (done_bits, n_done, inflight, head)
+    return fts, act_n, act_size, queued, (done_bits, n_done, inflight, head), (s_act, s_rem, s_na, s_head)
 
-def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start):
-    S = cfg.substeps; dt = cfg.step_s / S; n_sub = n_steps * S; C = cfg.capacity
+def _draw_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start) -> dict:
+    "All random inputs of one direction: arrival rate and counts, file sizes and rate limits, background."
+    S = cfg.substeps; dt = cfg.step_s / S; n_sub = n_steps * S
     t = np.arange(n_sub) * dt
     days = n_sub * dt / 86400
     lam = d.rate * _cycles(t, t_start, d) * _campaigns(rng, t, days, d)
-    n_arr = rng.poisson(lam * dt)
-    arrived = np.cumsum(n_arr)
+    arrived = np.cumsum(rng.poisson(lam * dt))
     N = int(arrived[-1]) if n_sub else 0
     sizes = _file_sizes(rng, N, cfg) * 8.                       # bits
     limits = np.minimum(rng.lognormal(math.log(cfg.limit_median), cfg.limit_sigma, N), cfg.limit_max)
     # background: daily cycle + AR(1) per sample, fraction of capacity, served first
     ts = np.arange(n_steps) * cfg.step_s
     e = rng.normal(0, cfg.bg_sd * math.sqrt(1 - cfg.bg_ar**2), n_steps)
-    bg = d.background * (1 + 0.4 * (_cycles(ts, t_start, replace(d, weekend=1.)) - 1) / max(d.daily_amp, 1e-9))
-    bg = np.clip(bg + _ar1(e, cfg.bg_ar), 0., 0.6) * C      # bits/s per sample
-    bg_sub = np.repeat(bg, S)
-    fts, act_n, act_size, queued, L = _fts_loop(arrived, sizes, limits, bg_sub, float(C), float(dt), S, cfg.max_active)
-    fts_step = fts.reshape(n_steps, S).sum(1)
-    cols = {'traffic': bg * cfg.step_s + fts_step, 'throughput': fts_step / cfg.step_s,
+    bg_det = d.background * (1 + 0.4 * (_cycles(ts, t_start, replace(d, weekend=1.)) - 1) / max(d.daily_amp, 1e-9))
+    return dict(lam=lam, arrived=arrived, sizes=sizes, limits=limits, bg_det=bg_det, bg_ar=_ar1(e, cfg.bg_ar))
+
+def _bg(bg_det, bg_ar, C): return np.clip(bg_det + bg_ar, 0., 0.6) * C     # bits/s per sample
+
+def _columns(fts, act_n, act_size, queued, bg, cfg):
+    fts_step = fts.reshape(-1, cfg.substeps).sum(1)
+    return {'traffic': bg * cfg.step_s + fts_step, 'throughput': fts_step / cfg.step_s,
             'active_file_size': act_size, 'active_transfers': act_n, 'queued': queued}
+
+def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start, snap=None):
+    S = cfg.substeps; dt = cfg.step_s / S; C = cfg.capacity
+    r = _draw_direction(rng, n_steps, cfg, d, t_start)
+    bg = _bg(r['bg_det'], r['bg_ar'], C)
+    snap = np.zeros(0, np.int64) if snap is None else np.asarray(snap, np.int64)
+    fts, act_n, act_size, queued, L, state = _fts_loop(r['arrived'], r['sizes'], r['limits'], np.repeat(bg, S), float(C),
+                                                        float(dt), S, cfg.max_active, np.empty(cfg.max_active, np.int64),
+                                                        np.empty(cfg.max_active), 0, 0, snap)
+    cols = _columns(fts, act_n, act_size, queued, bg, cfg)
     ledger = dict(fts_bits=float(fts.sum()), completed_bits=float(L[0]), completed_files=int(L[1]),
-                  inflight_moved_bits=float(L[2]), submitted_files=N, started_files=int(L[3]),
+                  inflight_moved_bits=float(L[2]), submitted_files=int(r['sizes'].size), started_files=int(L[3]),
                   background_bits=float(bg.sum() * cfg.step_s))
-    return cols, ledger
+    return cols, ledger, r, state
 
 def simulate_link(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None, **kw) -> pd.DataFrame:
     "Simulate `days` of an FTS-loaded link, sampled every `cfg.step_s`; returns the export table (`COLUMNS`)."
@@ -208,12 +226,61 @@ def simulate_link(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None
     t_start = pd.Timestamp(cfg.start, tz='UTC')
     data, ledger = {}, {}
     for dname, d in zip(DIRECTIONS, (cfg.out, cfg.inn)):
-        cols, ledger[dname] = _simulate_direction(rng, n_steps, cfg, d, t_start)
+        cols, ledger[dname], _, _ = _simulate_direction(rng, n_steps, cfg, d, t_start)
         data.update({f'{m}_{dname}': cols[m] for m in METRICS})
     idx = pd.date_range(t_start, periods=n_steps, freq=pd.Timedelta(seconds=cfg.step_s), name=TIME_COL)
     df = pd.DataFrame({c: data[c] for c in COLUMNS}, index=idx)
     df.attrs.update(capacity=cfg.capacity, step_s=cfg.step_s, source='simulate_link', seed=seed, ledger=ledger)
     return df
+
+# %% ../../nbs/30_traffic.data.ipynb #38525127
+def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon: int = 5, n_paths: int = 32,
+                 cfg: LinkConfig | None = None, replay: bool = False, path_seed: int = 1, max_queue: int = 5000,
+                 **kw) -> np.ndarray:
+    "Continuations of `simulate_link(days, seed, cfg, **kw)` after each step in `steps` (sorted): (len(steps), n_paths, horizon, len(COLUMNS))."
+    cfg = replace(cfg or LinkConfig(), **kw)
+    rng = seed_everything(seed)
+    n_steps = int(round(days * 86400 / cfg.step_s))
+    t_start = pd.Timestamp(cfg.start, tz='UTC')
+    steps = np.asarray(steps, np.int64)
+    if steps.size and (np.any(np.diff(steps) <= 0) or steps[0] < 0 or steps[-1] + horizon >= n_steps):
+        raise VMLInputError(f"steps must be sorted, unique and leave {horizon} steps before the end ({n_steps})", field='steps')
+    S = cfg.substeps; dt = cfg.step_s / S; C = float(cfg.capacity); phi = cfg.bg_ar
+    e_sd = cfg.bg_sd * math.sqrt(1 - phi**2)
+    prng = np.random.default_rng(path_seed)
+    n_p = 1 if replay else n_paths
+    out = np.zeros((steps.size, n_p, horizon, len(COLUMNS)))
+    no_snap = np.zeros(0, np.int64)
+    for dname, d in zip(DIRECTIONS, (cfg.out, cfg.inn)):
+        _, _, r, (s_act, s_rem, s_na, s_head) = _simulate_direction(rng, n_steps, cfg, d, t_start, snap=steps)
+        c0 = COLUMNS.index(f'{METRICS[0]}_{dname}')
+        for i, t in enumerate(steps):
+            na, head = int(s_na[i]), int(s_head[i])
+            k0 = (t + 1) * S; A = int(r['arrived'][k0 - 1])          # files arrived by the end of step t
+            q_ids = np.arange(head, min(A, head + max_queue))        # the head of the queue: all that can start soon
+            ids = np.r_[s_act[i, :na], q_ids]
+            kn_sz, kn_lim = r['sizes'][ids], r['limits'][ids]
+            fut = slice(t + 1, t + 1 + horizon)
+            for p in range(n_p):
+                if replay:
+                    n_new = np.diff(r['arrived'][k0 - 1:k0 + horizon * S])
+                    new = np.arange(A, A + n_new.sum()); new_sz, new_lim = r['sizes'][new], r['limits'][new]
+                    ar = r['bg_ar'][fut]
+                else:
+                    n_new = prng.poisson(r['lam'][k0:k0 + horizon * S] * dt); m = int(n_new.sum())
+                    new_sz = _file_sizes(prng, m, cfg) * 8.
+                    new_lim = np.minimum(prng.lognormal(math.log(cfg.limit_median), cfg.limit_sigma, m), cfg.limit_max)
+                    ar = r['bg_ar'][t] * phi ** np.arange(1, horizon + 1) + _ar1(prng.normal(0, e_sd, horizon), phi)
+                bg = _bg(r['bg_det'][fut], ar, C)
+                act = np.zeros(cfg.max_active, np.int64); act[:na] = np.arange(na)
+                rem = np.zeros(cfg.max_active); rem[:na] = s_rem[i, :na]
+                fts, act_n, act_size, queued, L, _ = _fts_loop(na + q_ids.size + np.cumsum(n_new), np.r_[kn_sz, new_sz],
+                                                               np.r_[kn_lim, new_lim], np.repeat(bg, S), C, float(dt), S,
+                                                               cfg.max_active, act, rem, na, na, no_snap)
+                if q_ids.size < A - head and L[3] > na + q_ids.size: raise RuntimeError("raise max_queue: the queue cut started")
+                cols = _columns(fts, act_n, act_size, queued + (A - head - q_ids.size), bg, cfg)
+                out[i, p, :, c0:c0 + len(METRICS)] = np.stack([cols[m] for m in METRICS], 1)
+    return out
 
 # %% ../../nbs/30_traffic.data.ipynb #c95d6e68
 def _fail(msg, path, col=None): raise VMLInputError(msg, file=path, field=col)
