@@ -97,3 +97,34 @@ def test_cli_end_to_end(tmp_path):
     assert len(fc) == 3 and (fc.drop(columns=[TIME_COL]).to_numpy() >= 0).all()
     assert pd.Timestamp(fc[TIME_COL].iloc[0]) == pd.Timestamp('2024-01-04 00:00', tz='UTC')
     assert (tmp_path/'o'/'metrics.json').exists() and 'persistence' in r.stdout
+
+def test_models_beat_persistence_but_not_the_noise_floor():
+    "On a noisy sine (known structure) a network beats persistence by the issue's ratio, yet not the Bayes floor (the noise)."
+    from vallecorsa_ml.traffic.models import sine_table, make_model, train_model, predict, set_threads
+    set_threads(1)
+    n, noise = 3000, 0.05
+    df = sine_table(n, period=40, noise=noise, seed=1)
+    wd = prepare(df, delta=20, horizon=5, calendar=False)
+    m = make_model('lstm', len(wd.features), 20, len(wd.targets), 5, wd.target_idx)
+    train_model(m, wd.X['train'], wd.Y['train'], wd.X['valid'], wd.Y['valid'], epochs=4, lr=1e-2)
+    Y = wd.Y['test']
+    mse, pers = scores(predict(m, wd.X['test']), Y)['mse'], scores(persistence(wd), Y)['mse']
+    # independent floor: the clean sine is known exactly, only the multiplicative noise is unpredictable
+    t = np.arange(n); base = 6e11 * (1 + 0.5 * np.sin(2 * np.pi * t / 40))
+    base = np.stack([base, np.roll(base, 7)], 1)
+    fut = wd.last['test'][:, None] + np.arange(1, 6)
+    floor = np.mean((noise * base[fut] / wd.scaler.std[:2]) ** 2)
+    assert mse < 0.5 * pers, (mse, pers)
+    assert mse > 0.8 * floor, (mse, floor)          # beating the noise would mean the targets leak into the inputs
+
+def test_oracle_replays_the_future_and_bounds_the_forecasters():
+    from vallecorsa_ml.traffic.models import oracle_forecast, fit_ridge, predict_ridge
+    df = simulate_link(days=4, seed=2)
+    wd = prepare(df, delta=10, horizon=5)
+    r = oracle_forecast(wd, days=4, seed=2, stride=10, replay=True)
+    np.testing.assert_allclose(r['pred'], wd.Y['test'][r['sel']], atol=1e-4)
+    o = oracle_forecast(wd, days=4, seed=2, stride=5, n_paths=16)
+    Y = wd.Y['test'][o['sel']]
+    mo = scores(o['pred'], Y)['mse'] - o['mc_var']
+    assert mo < 0.8 * scores(persistence(wd)[o['sel']], Y)['mse']
+    assert mo < scores(predict_ridge(fit_ridge(wd), wd)[o['sel']], Y)['mse']

@@ -17,13 +17,14 @@ from torch import nn
 from ..core import (VMLInputError, cli_errors, save_json, seed_everything, check_profile, pick, run_folder,
                                 save_metrics, md_table, Timer, atomic_write, set_threads)
 from .data import (COLUMNS, DIRECTIONS, STEP_S, TIME_COL, simulate_link, load_traffic, save_traffic,
-                                        utilisation, make_windows, chrono_split, Scaler, calendar_features)
+                                        utilisation, make_windows, chrono_split, Scaler, calendar_features,
+                                        oracle_paths)
 
 # %% auto #0
 __all__ = ['TARGETS', 'SPLITS', 'ARCHS', 'WindowData', 'prepare', 'CNN', 'LSTMNet', 'CNNLSTM', 'ConvLSTMCell', 'ConvLSTM',
            'make_model', 'dataloaders', 'train_model', 'predict', 'persistence', 'seasonal_naive', 'fit_ridge',
-           'predict_ridge', 'scores', 'sine_table', 'alarm_labels', 'pr_f1', 'best_threshold', 'lead_times',
-           'train_alarm', 'forecast_next', 'run_traffic', 'vml_traffic']
+           'predict_ridge', 'scores', 'oracle_forecast', 'sine_table', 'alarm_labels', 'pr_f1', 'best_threshold',
+           'lead_times', 'train_alarm', 'forecast_next', 'run_traffic', 'vml_traffic']
 
 # %% ../../nbs/31_traffic.models.ipynb #b6216bab
 TARGETS = ('traffic_out', 'traffic_in', 'throughput_out', 'throughput_in', 'active_file_size_out', 'active_file_size_in')
@@ -200,6 +201,17 @@ def scores(pred: np.ndarray, true: np.ndarray) -> dict:
     ok = np.isfinite(pred)
     d = (pred - true)[ok]
     return {'mse': float(np.mean(d**2)), 'mae': float(np.mean(np.abs(d))), 'n': int(ok.sum())}
+
+# %% ../../nbs/31_traffic.models.ipynb #f707a4f1
+def oracle_forecast(wd: WindowData, days: float, seed: int = 0, split: str = 'test', stride: int = 2,
+                    n_paths: int = 32, replay: bool = False, **kw) -> dict:
+    "Oracle forecast of the windows `sel` = every `stride`-th of `split`, for a table made by `simulate_link(days, seed, **kw)`."
+    sel = np.arange(0, len(wd.last[split]), stride)
+    P = oracle_paths(days, seed, wd.last[split][sel], wd.horizon, n_paths, replay=replay, **kw)
+    Z = wd.scaler.transform(pd.DataFrame(P.reshape(-1, P.shape[-1]), columns=list(COLUMNS)))
+    Z = Z.reshape(P.shape[:-1] + (Z.shape[-1],))[..., [wd.scaler.cols.index(c) for c in wd.targets]]
+    mc_var = float(Z.var(1, ddof=1).mean() / Z.shape[1]) if Z.shape[1] > 1 else 0.
+    return {'sel': sel, 'pred': Z.mean(1), 'mc_var': mc_var, 'n_paths': Z.shape[1]}
 
 # %% ../../nbs/31_traffic.models.ipynb #ec2dc4fe
 def sine_table(n: int = 3000, period: int = 40, noise: float = 0.05, seed: int = 0) -> pd.DataFrame:
