@@ -79,3 +79,80 @@ def test_end_to_end_smoke():
         assert a.shape == (5,) and np.all((a >= 0) & (a <= 1))
     with pytest.raises(VMLInputError, match='constituents must have shape'):
         ae_scores(model, qcd['constituents'][:3, 0])
+
+# ---- independent computations: each of these recomputes a stored or returned value another way, so it can fail ----
+
+def test_units_are_gev_and_a_mev_file_is_refused(tmp_path):
+    data, meta = load_events(sample_files('smoke')['wprime'])
+    data = {k: v[:5] for k, v in data.items()}
+    fn = save_events(tmp_path / 'w.h5', data, {k: v for k, v in meta.items() if k not in ('units', 'angle_units')})
+    with h5py.File(fn) as f:
+        assert f.attrs['units'] == 'GeV' and f.attrs['angle_units'] == 'rad'
+        assert f['mjj'].attrs['units'] == 'GeV' and 'pT [GeV]' in f['constituents'].attrs['units']
+    with h5py.File(fn, 'a') as f: f.attrs['units'] = 'MeV'
+    with pytest.raises(VMLInputError, match='works in GeV'):
+        load_events(fn)
+
+@pytest.mark.parametrize('proc', list(PROCESSES))
+def test_stored_jets_close_physically(proc):
+    "mjj recomputed from the jets' (pT, y, φ, m); Σ constituent pT ≥ jet pT; image = constituents inside the window."
+    d, _ = load_events(sample_files('smoke')[proc])
+    pt, y, phi = (d['jet_kinematics'][..., i].astype(np.float64) for i in range(3))
+    m = d['jet_features'][..., 0].astype(np.float64)
+    mt = np.sqrt(pt ** 2 + m ** 2)
+    E, px, py, pz = (mt * np.cosh(y)).sum(1), (pt * np.cos(phi)).sum(1), (pt * np.sin(phi)).sum(1), (mt * np.sinh(y)).sum(1)
+    mjj = np.sqrt(np.maximum(E ** 2 - px ** 2 - py ** 2 - pz ** 2, 0))
+    np.testing.assert_allclose(mjj, d['mjj'], rtol=2e-3, atol=1.0)
+    assert np.all(pt > 200) and np.all(np.abs(d['jet_kinematics'][..., 1]) < 2.6)      # the jet selection (pT > 200 GeV, |η| < 2.5)
+    c = d['constituents']; full = d['jet_features'][..., 3] <= 100
+    ratio = c[..., 0].sum(-1)[full] / pt[full]
+    assert ratio.min() > 1 - 1e-4 and np.median(ratio) < 1.05
+    inside = (np.abs(c[..., 1]) < 0.8) & (np.abs(c[..., 2]) < 0.8)
+    np.testing.assert_allclose(d['images'].sum((-1, -2)), (c[..., 0] * inside).sum(-1), rtol=1e-4)
+    # jet mass ≥ soft-drop mass (grooming only removes particles); τ21 ≥ 0 (with exclusive-kT rather than minimised
+    # axes τ2 may exceed τ1 for a few one-prong jets, so no upper bound of 1)
+    assert np.all(d['jet_features'][..., 1] <= d['jet_features'][..., 0] * (1 + 1e-4) + 1e-3)
+    assert np.all(d['jet_features'][..., 2] >= 0) and np.median(d['jet_features'][..., 2]) < 1
+
+def test_qcd_has_no_boson_mass_peak_but_signals_do():
+    files = sample_files('smoke')
+    frac = {}
+    for p in ('qcd', 'qcd_high', 'graviton_narrow', 'wprime'):
+        sd = load_events(files[p])[0]['jet_features'][..., 1]
+        frac[p] = np.mean((sd > 65) & (sd < 105))
+    assert frac['graviton_narrow'] > 0.5 and frac['wprime'] > 0.5
+    assert max(frac['qcd'], frac['qcd_high']) < 0.25
+
+def test_fold_aucs_equal_mann_whitney():
+    from scipy.stats import mannwhitneyu
+    from vallecorsa_ml.anomaly.kernel import fold_aucs
+    rng = np.random.default_rng(1)
+    b, s = rng.normal(0, 1, 1000), rng.normal(0.5, 1.3, 1000)
+    got = fold_aucs(b, s, k=5)
+    want = [mannwhitneyu(s[i * 200:(i + 1) * 200], b[i * 200:(i + 1) * 200]).statistic / 200 ** 2 for i in range(5)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+def test_quantum_kernel_one_qubit_closed_form():
+    "One qubit, no entangler, one repetition: |ψ(x)⟩ = U(x0, x1, 0) U(π/2, x0, x1)|0⟩ written out by hand."
+    from vallecorsa_ml.anomaly.kernel import fidelity_kernel
+    def u(t, p, l):
+        return np.array([[np.cos(t / 2), -np.exp(1j * l) * np.sin(t / 2)], [np.exp(1j * p) * np.sin(t / 2), np.exp(1j * (p + l)) * np.cos(t / 2)]])
+    def psi(x): return u(x[0], x[1], 0) @ u(np.pi / 2, x[0], x[1]) @ np.array([1, 0])
+    X = np.array([[0.3, 0.9], [2.2, 2.5], [0.0, 0.0], [1.0, -1.4]])
+    want = np.abs(np.array([[np.vdot(psi(a), psi(b)) for b in X] for a in X])) ** 2
+    np.testing.assert_allclose(fidelity_kernel(X, reps=1, entanglement='none'), want, atol=1e-12)
+    assert want[~np.eye(len(X), dtype=bool)].min() < 0.8     # distinguishable points: the check is not trivially 1 everywhere
+
+def test_protocol_ranges_are_disjoint_and_sized():
+    from vallecorsa_ml.anomaly.events import event_ranges, sample_sizes, anomaly_protocol, BACKGROUNDS, SIGNALS
+    for prof in ('smoke', 'quick', 'full'):
+        P, R, n = anomaly_protocol(prof), event_ranges(prof), sample_sizes(prof)
+        for b in BACKGROUNDS:
+            r = R[b]
+            assert r['ae'].start == 0 and r['ae'].stop == r['km'].start and r['km'].stop == r['test'].start
+            assert (r['km'].stop - r['km'].start, r['test'].stop - r['test'].start) == (P['n_km'], P['n_test'])
+            assert n[b] == P['n_ae'] + P['n_km'] + P['n_test']
+        assert all(n[s] == P['n_test'] for s in SIGNALS)
+    assert anomaly_protocol('quick')['n_km'] == 600                 # the reference's kernel-machine training size
+    smoke = {p: len(load_events(f, keys=('mjj',))[0]['mjj']) for p, f in sample_files('smoke').items()}
+    assert all(smoke[p] >= k for p, k in sample_sizes('smoke').items()), smoke

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import VMLInputError, seed_everything, cache_dir, atomic_write
-from .events import N_CONST, load_events
+from .events import N_CONST, load_events, anomaly_protocol
 
 # %% auto #0
-__all__ = ['chamfer', 'kl_normal', 'ParticleAE', 'AELoss', 'torch_threads', 'train_autoencoder', 'ae_scores', 'anomaly_protocol',
-           'cached_autoencoder']
+__all__ = ['chamfer', 'kl_normal', 'ParticleAE', 'AELoss', 'torch_threads', 'train_autoencoder', 'ae_scores',
+           'cached_autoencoder', 'train_autoencoders']
 
 # %% ../../nbs/21_anomaly.autoencoder.ipynb #ae0d6e3e
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ class torch_threads:
 def train_autoencoder(jets: np.ndarray, latent: int = 8, variational: bool = False, epochs: int = 10, bs: int = 256,
                       lr: float = 3e-3, beta: float = 0.05, seed: int = 0, valid_frac: float = 0.1, bf16: bool = False,
                       threads: int | None = 1):
-    "Train a `ParticleAE` on jets (M, 100, 3) with fastai; return the model (eval mode) and the loss history."
+    "Train a `ParticleAE` on jets (M, 100, 3) with constituent pT in GeV, with fastai; return the model (eval mode) and the loss history."
     with torch_threads(threads):
         return _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, valid_frac, bf16)
 
@@ -130,7 +130,7 @@ def _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, va
     return model.eval(), hist
 
 def ae_scores(model: ParticleAE, constituents: np.ndarray, bs: int = 2048, threads: int | None = 1) -> dict:
-    "Per event (N, 2, 100, 3): latent μ (N, 2, ℓ), reconstruction Chamfer loss and KL summed over both jets."
+    "Per event (N, 2, 100, 3), pT in GeV: latent μ (N, 2, ℓ), reconstruction Chamfer loss and KL summed over both jets."
     c = np.asarray(constituents, np.float32)
     if c.ndim != 4 or c.shape[1:] != (2, N_CONST, 3):
         raise VMLInputError(f"constituents must have shape (N, 2, {N_CONST}, 3), got {c.shape}", field='constituents')
@@ -147,19 +147,16 @@ def _ae_scores(model, c, bs):
     return dict(latent=torch.cat(lat).reshape(n, 2, -1).numpy(), reco=torch.cat(rec).reshape(n, 2).sum(1).numpy(),
                 kl=torch.cat(kl).reshape(n, 2).sum(1).numpy())
 
-def anomaly_protocol(profile: str) -> dict:
-    "Sizes of the study per profile: QCD events for the autoencoders (`n_ae`), the kernel machines (`n_km`), test events per class."
-    from vallecorsa_ml.core import pick
-    return dict(n_ae=pick(profile, 200, 1000, 10000), epochs=pick(profile, 2, 8, 30),
-                latents=pick(profile, (4, 8), (4, 8, 16)), n_km=pick(profile, 100, 600, 600),
-                n_test=pick(profile, 100, 800, 10000), folds=5)
+def _ae_cache_path(qcd_file, n_train, latent, variational, epochs, seed):
+    qcd_file = Path(qcd_file)
+    key = json.dumps(dict(f=qcd_file.name, size=qcd_file.stat().st_size, n=n_train, l=latent, v=variational, e=epochs, s=seed))
+    return cache_dir('anomaly', 'models') / f"ae_{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt", key
 
 def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: bool = False, epochs: int = 10,
                        seed: int = 0, retrain: bool = False):
     "Train on the first `n_train` events of `qcd_file` (both jets), or load the cached model of the same configuration."
     qcd_file = Path(qcd_file)
-    key = json.dumps(dict(f=qcd_file.name, size=qcd_file.stat().st_size, n=n_train, l=latent, v=variational, e=epochs, s=seed))
-    path = cache_dir('anomaly', 'models') / f"ae_{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    path, key = _ae_cache_path(qcd_file, n_train, latent, variational, epochs, seed)
     if path.exists() and not retrain:
         blob = torch.load(path, weights_only=False)
         m = ParticleAE(latent, variational); m.load_state_dict(blob['state']); return m.eval(), blob['history']
@@ -169,3 +166,18 @@ def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: boo
     m, hist = train_autoencoder(data['constituents'][:n_train], latent, variational, epochs=epochs, seed=seed)
     with atomic_write(path, suffix='.pt') as tmp: torch.save(dict(state=m.state_dict(), history=hist, key=key), tmp)
     return m, hist
+
+def _train_job(kw: dict) -> int:
+    cached_autoencoder(**kw); return 1
+
+def train_autoencoders(jobs: list, workers: int = 2) -> int:
+    "Train the `cached_autoencoder` configurations `jobs` (dicts of its arguments) not cached yet, over `workers` spawned processes of one torch thread each; returns how many were trained."
+    todo = [j for j in jobs if not _ae_cache_path(j['qcd_file'], j['n_train'], j.get('latent', 8), j.get('variational', False),
+                                                   j.get('epochs', 10), j.get('seed', 0))[0].exists()]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context('spawn')) as ex:
+            return sum(ex.map(_train_job, todo))
+    return sum(_train_job(j) for j in todo)
+

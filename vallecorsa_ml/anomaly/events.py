@@ -13,9 +13,10 @@ from ..core import (VMLInputError, cli_errors, atomic_write, seed_everything, ca
 
 # %% auto #0
 __all__ = ['N_CONST', 'IMG_PIX', 'JET_R', 'IMG_HALF', 'JET_FEATURES', 'BASE_SETTINGS', 'PROCESSES', 'BACKGROUNDS', 'SIGNALS',
-           'BACKGROUND_OF', 'EVENT_KEYS', 'SMOKE_FILES', 'process_settings', 'delta_phi', 'constituent_list',
-           'jet_image', 'nsubjettiness', 'softdrop_mass', 'tau21', 'dijet_event', 'generate_events', 'save_events',
-           'load_events', 'events_file', 'sample_files', 'vml_events']
+           'BACKGROUND_OF', 'EVENT_KEYS', 'UNITS', 'KEY_UNITS', 'SMOKE_FILES', 'process_settings', 'delta_phi',
+           'constituent_list', 'jet_image', 'nsubjettiness', 'softdrop_mass', 'tau21', 'dijet_event', 'generate_many',
+           'generate_events', 'save_events', 'load_events', 'anomaly_protocol', 'event_ranges', 'sample_sizes',
+           'events_file', 'sample_files', 'vml_events']
 
 # %% ../../nbs/20_anomaly.events.ipynb #079c1094
 N_CONST, IMG_PIX, JET_R, IMG_HALF = 100, 32, 0.8, 0.8
@@ -143,9 +144,14 @@ def dijet_event(px, py, pz, e, pt_min: float = 200., eta_max: float = 2.5):
 
 # %% ../../nbs/20_anomaly.events.ipynb #703c1db0
 EVENT_KEYS = ('constituents', 'images', 'jet_features', 'jet_kinematics', 'mjj')
+# Units: GeV for energies, momenta and masses (the reference's convention; the calorimeter wing uses MeV), radians for angles
+UNITS = 'GeV'
+KEY_UNITS = dict(constituents='(pT [GeV], Δy [1], Δφ [rad])', images='pT per pixel [GeV]',
+                 jet_features='(mass [GeV], soft-drop mass [GeV], τ21 [1], constituent count [1])',
+                 jet_kinematics='(pT [GeV], y [1], φ [rad])', mjj='GeV')
 
 def _final_state(event):
-    "Visible final-state particles of a Pythia event as px, py, pz, e arrays."
+    "Visible final-state particles of a Pythia event as px, py, pz, e arrays (GeV)."
     rows = [(p.px(), p.py(), p.pz(), p.e()) for p in event if p.isFinal() and p.isVisible()]
     a = np.array(rows, dtype=np.float64).reshape(-1, 4)
     return a[:, 0], a[:, 1], a[:, 2], a[:, 3]
@@ -153,6 +159,7 @@ def _final_state(event):
 def _generate_chunk(args):
     process, n, seed = args
     import pythia8mc
+    t0 = time.perf_counter()
     p = pythia8mc.Pythia("", False)
     for s in process_settings(process, seed):
         if not p.readString(s): raise VMLInputError(f"Pythia rejected setting {s!r}", field='settings')
@@ -164,55 +171,75 @@ def _generate_chunk(args):
         ev = dijet_event(*_final_state(p.event))
         if ev is not None: out.append(ev)
     sigma = p.infoPython().sigmaGen()
-    return {k: np.stack([o[k] for o in out]) if out else np.zeros((0,)) for k in EVENT_KEYS}, tries, sigma
+    return {k: np.stack([o[k] for o in out]) if out else np.zeros((0,)) for k in EVENT_KEYS}, tries, sigma, time.perf_counter() - t0
 
-def generate_events(process: str, n: int, seed: int = 0, workers: int = 2, chunk: int = 250, progress: bool = True):
-    "Generate `n` dijet events of `process` with Pythia 8 + FastJet, in seeded chunks spread over `workers` processes."
-    process_settings(process, seed)  # validates
-    if not isinstance(n, (int, np.integer)) or n < 1: raise VMLInputError(f"n must be a positive integer, got {n!r}", field='n')
-    nchunks = max(1, math.ceil(n / chunk))
-    sizes = [n // nchunks + (i < n % nchunks) for i in range(nchunks)]
-    seeds = np.random.SeedSequence(seed).generate_state(nchunks) % 900_000_000
-    jobs = [(process, s, int(sd)) for s, sd in zip(sizes, seeds)]
+def generate_many(requests, workers: int = 2, chunk: int = 200, progress: bool = True) -> list:
+    "Generate several samples, `requests` = [(process, n, seed), ...], in one pool of `workers` processes: [(data, meta), ...]."
+    plans = []
+    for process, n, seed in requests:
+        process_settings(process, seed)  # validates
+        if not isinstance(n, (int, np.integer)) or n < 1: raise VMLInputError(f"n must be a positive integer, got {n!r}", field='n')
+        nchunks = max(1, math.ceil(n / chunk))
+        sizes = [n // nchunks + (i < n % nchunks) for i in range(nchunks)]
+        seeds = np.random.SeedSequence(seed).generate_state(nchunks) % 900_000_000
+        plans.append((process, int(n), int(seed), seeds, [(process, s, int(sd)) for s, sd in zip(sizes, seeds)]))
+    jobs = [j for *_, js in plans for j in js]
     t0 = time.perf_counter()
-    if workers > 1 and nchunks > 1:
+    if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from tqdm.auto import tqdm
-        with mp.get_context('fork').Pool(min(workers, nchunks)) as pool:
-            res = list(tqdm(pool.imap(_generate_chunk, jobs), total=nchunks, disable=not progress, desc=process))
+        with mp.get_context('fork').Pool(min(workers, len(jobs))) as pool:   # one pool for all samples: no idle tail per sample
+            res = list(tqdm(pool.imap(_generate_chunk, jobs), total=len(jobs), disable=not progress, desc='events'))
     else:
         res = [_generate_chunk(j) for j in jobs]
-    data = {k: np.concatenate([r[0][k] for r in res if len(r[0]['mjj'])]) for k in EVENT_KEYS}
-    secs = time.perf_counter() - t0
-    meta = dict(process=process, seed=int(seed), n_requested=int(n), n_events=int(len(data['mjj'])),
-                n_tried=int(sum(r[1] for r in res)), sigma_mb=float(np.mean([r[2] for r in res])),
-                resonance_mass_GeV=PROCESSES[process]['mass'] or 0.0, label=PROCESSES[process]['label'],
-                settings=json.dumps(process_settings(process, seed)), chunk_seeds=json.dumps([int(s) for s in seeds]),
-                seconds=secs, events_per_s=len(data['mjj']) / secs, units='GeV, radians',
-                jet_features=json.dumps(JET_FEATURES), jet_kinematics=json.dumps(['pt', 'y', 'phi']),
-                constituents='(event, jet, 100, [pT, dy, dphi]) 100 hardest, zero-padded', generator='pythia8mc 8.317 + fastjet anti-kT R=0.8')
-    return data, meta
+    wall = time.perf_counter() - t0
+    n_all = sum(len(r[0]['mjj']) for r in res)
+    out, i = [], 0
+    for process, n, seed, seeds, js in plans:
+        rs = res[i:i + len(js)]; i += len(js)
+        data = {k: np.concatenate([r[0][k] for r in rs if len(r[0]['mjj'])]) for k in EVENT_KEYS}
+        worker_s = float(sum(r[3] for r in rs))
+        meta = dict(process=process, seed=seed, n_requested=n, n_events=int(len(data['mjj'])),
+                    n_tried=int(sum(r[1] for r in rs)), sigma_mb=float(np.mean([r[2] for r in rs])),
+                    resonance_mass_GeV=PROCESSES[process]['mass'] or 0.0, label=PROCESSES[process]['label'],
+                    settings=json.dumps(process_settings(process, seed)), chunk_seeds=json.dumps([int(s) for s in seeds]),
+                    worker_seconds=worker_s, events_per_worker_s=len(data['mjj']) / worker_s,
+                    workers=int(workers), seconds=wall, events_per_s=n_all / wall,
+                    batch=json.dumps([r[0] for r in requests]),
+                    units=UNITS, angle_units='rad', jet_features=json.dumps(JET_FEATURES), jet_kinematics=json.dumps(['pt', 'y', 'phi']),
+                    constituents='(event, jet, 100, [pT, dy, dphi]) 100 hardest, zero-padded', generator='pythia8mc 8.317 + fastjet anti-kT R=0.8')
+        out.append((data, meta))
+    return out
+
+def generate_events(process: str, n: int, seed: int = 0, workers: int = 2, chunk: int = 200, progress: bool = True):
+    "Generate `n` dijet events of `process` with Pythia 8 + FastJet (GeV, rad), in seeded chunks spread over `workers` processes."
+    return generate_many([(process, n, seed)], workers=workers, chunk=chunk, progress=progress)[0]
+
 
 # %% ../../nbs/20_anomaly.events.ipynb #0fa19faf
 def save_events(path, data: dict, meta: dict) -> Path:
-    "Write events to HDF5 (gzip), settings and provenance as attributes (atomic)."
+    "Write events to HDF5 (gzip), settings, provenance and units (file attribute `units` = 'GeV', per-key `units`) as attributes (atomic)."
     import h5py
     path = Path(path)
     with atomic_write(path, suffix='.h5') as tmp:
         with h5py.File(tmp, 'w') as f:
             for k in EVENT_KEYS:
                 f.create_dataset(k, data=data[k], compression='gzip', compression_opts=4, shuffle=True)
-            for k, v in meta.items(): f.attrs[k] = v
+                f[k].attrs['units'] = KEY_UNITS[k]
+            for k, v in {'units': UNITS, 'angle_units': 'rad', **meta}.items(): f.attrs[k] = v
     return path
 
 def load_events(path, keys=EVENT_KEYS) -> tuple[dict, dict]:
-    "Read and validate an events file: required keys, constituent shape (N, 2, 100, 3), one N for all keys."
+    "Read and validate an events file: energies in GeV (`units` attribute), required keys, constituent shape (N, 2, 100, 3), one N for all keys."
     import h5py
     path = Path(path)
     if not path.exists(): raise VMLInputError("file not found", file=path)
     try: f = h5py.File(path, 'r')
     except OSError: raise VMLInputError("not an HDF5 file", file=path) from None
     with f:
+        units = str(f.attrs.get('units', UNITS))
+        if not units.startswith('GeV'):
+            raise VMLInputError(f"energies in {units!r}; the anomaly wing works in GeV (convert, e.g. MeV / 1000)", file=path, field='units')
         for k in keys:
             if k not in f: raise VMLInputError(f"missing key (have: {', '.join(f.keys()) or 'none'})", file=path, field=k)
         data = {k: f[k][()] for k in keys}
@@ -228,22 +255,44 @@ def load_events(path, keys=EVENT_KEYS) -> tuple[dict, dict]:
         if not np.all(np.isfinite(v)): raise VMLInputError("contains NaN or inf", file=path, field=k)
     return data, meta
 
+def anomaly_protocol(profile: str) -> dict:
+    """Sizes of the study per profile. Each QCD sample (`BACKGROUNDS`) is used in order: the first `n_ae` events train
+    that sample's autoencoders, the next `n_km` the kernel machines, the next `n_test` are test background; signals give `n_test`."""
+    from vallecorsa_ml.core import pick
+    return dict(n_ae=pick(profile, 200, 1000, 10000), epochs=pick(profile, 2, 8, 30),
+                latents=pick(profile, (4, 8), (4, 8, 16)), n_km=pick(profile, 100, 600, 600),
+                n_test=pick(profile, 100, 500, 10000), folds=5)
+
+def event_ranges(profile: str) -> dict:
+    "Disjoint event ranges per role: background samples {'ae', 'km', 'test'} slices, signals {'test'}."
+    P = anomaly_protocol(profile); a, k, t = P['n_ae'], P['n_km'], P['n_test']
+    bkg = dict(ae=slice(0, a), km=slice(a, a + k), test=slice(a + k, a + k + t))
+    return {p: (dict(bkg) if p in BACKGROUNDS else dict(test=slice(0, t))) for p in PROCESSES}
+
+def sample_sizes(profile: str) -> dict:
+    "Events needed per process for `profile` (the end of its last range)."
+    return {p: max(s.stop for s in r.values()) for p, r in event_ranges(profile).items()}
+
 def events_file(process: str, n: int, seed: int = 0, workers: int = 2, progress: bool = False) -> Path:
     "Path of a cached generated sample (`cache_dir('anomaly')`), generating it first when missing."
-    path = cache_dir('anomaly') / f"{process}_n{n}_s{seed}.h5"
-    if not path.exists():
-        data, meta = generate_events(process, n, seed, workers=workers, progress=progress)
-        save_events(path, data, meta)
-    return path
+    return _cached_samples([(process, n, seed)], workers, progress)[0]
+
+def _cached_samples(requests, workers=2, progress=False) -> list:
+    paths = [cache_dir('anomaly') / f"{p}_n{n}_s{s}.h5" for p, n, s in requests]
+    missing = [(r, path) for r, path in zip(requests, paths) if not path.exists()]
+    if missing:
+        for (data, meta), (_, path) in zip(generate_many([r for r, _ in missing], workers=workers, progress=progress), missing):
+            save_events(path, data, meta)
+    return paths
 
 SMOKE_FILES = {p: f'anomaly_{p}_smoke.h5' for p in PROCESSES}
 
-def sample_files(profile: str, seed: int = 0) -> dict:
-    "Events per process: the shipped small files for `smoke`, cached Pythia samples otherwise (generated when missing)."
-    from vallecorsa_ml.core import pick
-    n = pick(profile, smoke=None, quick=dict(qcd=3000, qcd_high=1400, sig=800), full=dict(qcd=25000, qcd_high=12000, sig=10000))
+def sample_files(profile: str, seed: int = 0, workers: int = 2, progress: bool = False) -> dict:
+    "Events per process: the shipped small files for `smoke`, cached Pythia samples otherwise (missing ones generated in one pool)."
     if profile == 'smoke': return {p: shipped_data(f) for p, f in SMOKE_FILES.items()}
-    return {p: events_file(p, n.get(p, n['sig']), seed + i) for i, p in enumerate(PROCESSES)}
+    n = sample_sizes(profile)
+    return dict(zip(PROCESSES, _cached_samples([(p, n[p], seed + i) for i, p in enumerate(PROCESSES)], workers, progress)))
+
 
 # %% ../../nbs/20_anomaly.events.ipynb #49bfec3b
 from fastcore.script import call_parse
