@@ -118,7 +118,7 @@ def _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, va
     tr, va = jets[idx[nv:]], jets[idx[:nv]]
     model = ParticleAE(latent, variational).set_norm(tr)
     t = lambda a: torch.utils.data.TensorDataset(torch.tensor(a), torch.zeros(len(a)))
-    dls = DataLoaders.from_dsets(t(tr), t(va), bs=bs, device=torch.device('cpu'), shuffle=True)
+    dls = DataLoaders.from_dsets(t(tr), t(va), bs=bs, device=torch.device('cpu'), shuffle=True, num_workers=0)  # in-memory: no loader processes
     learn = Learner(dls, model, loss_func=AELoss(beta))
     cbs = []
     if bf16:
@@ -177,7 +177,8 @@ def train_autoencoders(jobs: list, workers: int = 2) -> int:
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+        from vallecorsa_ml.anomaly.autoencoder import _train_job as job   # by module name: spawned processes import it (not __main__)
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context('spawn')) as ex:
-            return sum(ex.map(_train_job, todo))
+            return sum(ex.map(job, todo))
     return sum(_train_job(j) for j in todo)
 
