@@ -40,7 +40,7 @@ def test_bench_end_to_end(tmp_path):
     G = _standin()
     ck = tmp_path/'g.pt'
     torch.save({'model_type': 'gan', 'cfg': asdict(G.cfg), 'G_ema': G.state_dict(), 'G': G.state_dict(), 'step': 0}, ck)
-    r = _run('--gan', str(ck), '--methods', 'fp32,bf16,ort-int8', '--batches', '8', '--configs', '1x1,1x2',
+    r = _run('--gan', str(ck), '--methods', 'fp32,fp32-compile,ort-int8', '--batches', '8', '--configs', '1x1,1x2',
              '--repeats', '1', '--qat', 'none', '--out', str(tmp_path/'o'))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path/'o'/'bench.json').read_text())['gan']
@@ -50,6 +50,11 @@ def test_bench_end_to_end(tmp_path):
         if row['method'] == 'fp32': assert row['x_fp32'] == pytest.approx(1.0)
         # speed-up over Geant4 = README CPU time at these energies / measured CPU time per shower
         assert row['speedup_vs_g4'] == pytest.approx(res['g4_s_per_shower']/row['cpu_s_per_shower'], rel=1e-6)
+        # × the fastest FP32 route of the same configuration: never above × eager FP32, and 1 for that route
+        assert row['x_best_fp32'] <= row['x_fp32'] + 1e-9
+    for st in (1, 2):
+        fp = [r['x_best_fp32'] for r in res['rows'] if r['streams'] == st and r['precision'] == 'fp32']
+        assert max(fp) == pytest.approx(1.0) and len(fp) == 2
     assert (tmp_path/'o'/'throughput.png').stat().st_size > 1000
     assert '| gan | ort-int8 |' in r.stdout
 
@@ -96,3 +101,63 @@ def test_qat_trains_and_exports(tmp_path):
     o = ort_session(p).run(None, {'z': z.numpy(), 'cond': c.numpy()})[0]
     with torch.no_grad(): r = Q(z, c).numpy(); f = G(z, c).numpy()
     assert rel_err(o, r) < 1e-3 and rel_err(o, f) < 0.08
+
+
+def _small_dit(seed=0):
+    "A small random CaloDiT (zero-initialised output layers perturbed, so the network makes the output)."
+    from vallecorsa_ml.calo.diffusion import CaloDiT, DiTConfig, DiTGenerator
+    torch.manual_seed(seed)
+    D = DiTGenerator(CaloDiT(DiTConfig(dim=64, depth=2, heads=2)), detector=1, steps=4).eval()
+    with torch.no_grad():
+        for p in D.parameters(): p.add_(0.05*torch.randn_like(p))
+    return D
+
+
+def _dit_inputs(D, n, seed):
+    from vallecorsa_ml.quant.ptq import calib_inputs, g4_conditions
+    c = g4_conditions(n, 'photons', seed=seed)
+    return calib_inputs(D, c['energies_MeV'], c['thetas'], c['phis'], seed=seed)
+
+
+def test_compiled_pt2e_int8_dit_close_and_runs_onednn_int8():
+    from torch.profiler import profile
+    from vallecorsa_ml.quant.ptq import quantize, rel_err, edge_layers
+    D = _small_dit()
+    assert edge_layers(D.model) == ['embed', 'out']
+    cal, fixed = _dit_inputs(D, 64, 0), _dit_inputs(D, 16, 1)
+    with torch.no_grad(): f = D.model(*fixed)
+    nodes = {}
+    for m in ('int8-pt2e-compile', 'int8-pt2e-mixed'):
+        v = quantize(D, m, cal)
+        assert 0 < rel_err(v(*fixed), f) < 0.03, m
+        with profile() as pr: v(*fixed)
+        assert any('qlinear' in e.key for e in pr.key_averages()), m     # lowered to the oneDNN int8 kernel, not dequant → fp32
+        nodes[m] = v.info['quant_nodes']
+    assert 0 < nodes['int8-pt2e-mixed'] < nodes['int8-pt2e-compile']       # the edge layers (and non-GEMM ops) left in FP32
+    v = quantize(D, 'fp32-compile', cal)
+    assert rel_err(v(*fixed), f) < 1e-4
+
+
+def test_pt2e_mixed_keeps_gan_occupancy():
+    from vallecorsa_ml.quant.ptq import quantize, rel_err
+    G = _standin()
+    cal, fixed = _inputs(G, 32, 0), _inputs(G, 16, 1)
+    with torch.no_grad(): f = G(*fixed)
+    v = quantize(G, 'int8-pt2e-mixed', cal)
+    assert v.info['fp32_layers'] == ['fc', 'body.7.conv']
+    o = v(*fixed)
+    assert rel_err(o, f) < 0.02
+    assert abs(float((o > 0).float().mean()) - float((f > 0).float().mean())) < 0.002   # the threshold mask is not quantized
+
+
+def test_ort_int8_dit_onnx_runs(tmp_path):
+    import onnx
+    from vallecorsa_ml.quant.ptq import quantize, rel_err
+    D = _small_dit()
+    cal, fixed = _dit_inputs(D, 64, 0), _dit_inputs(D, 16, 1)
+    with torch.no_grad(): f = D.model(*fixed)
+    for m in ('ort-int8', 'ort-int8-dyn'):
+        v = quantize(D, m, cal, workdir=tmp_path)
+        model = onnx.load(v.info['onnx'])
+        assert sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer) >= 8, m   # the GEMM weights
+        assert rel_err(v(*fixed), f) < 0.05, m

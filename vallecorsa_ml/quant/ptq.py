@@ -7,7 +7,7 @@ Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/quant.ptq.html.md"""
 
 # %% ../../nbs/50_quant.ptq.ipynb #7a549f50
 from __future__ import annotations
-import os, math, warnings, tempfile, contextlib
+import os, math, copy, warnings, tempfile, contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,8 +17,8 @@ from torch import nn
 from ..core import VMLInputError, atomic_write, seed_everything
 
 # %% auto #0
-__all__ = ['METHODS', 'rel_err', 'calib_inputs', 'g4_conditions', 'Variant', 'export_onnx', 'quantize_onnx', 'ort_session',
-           'quantize', 'swapped_forward', 'sample_with']
+__all__ = ['METHODS', 'rel_err', 'calib_inputs', 'g4_conditions', 'Variant', 'edge_layers', 'export_onnx', 'quantize_onnx',
+           'ort_session', 'quantize', 'swapped_forward', 'sample_with']
 
 # %% ../../nbs/50_quant.ptq.ipynb #a6831190
 def rel_err(q, f) -> float:
@@ -65,7 +65,8 @@ def g4_conditions(n: int, kind: str = 'electrons', seed: int = 0) -> dict:
                 phis=None if d.phi is None else np.asarray(d.phi)[idx])
 
 # %% ../../nbs/50_quant.ptq.ipynb #5910e5d2
-METHODS = ('fp32', 'bf16', 'int8-dyn', 'int8-pt2e', 'ort-fp32', 'ort-int8', 'ort-int8-dyn')
+METHODS = ('fp32', 'fp32-compile', 'bf16', 'int8-dyn', 'int8-pt2e', 'int8-pt2e-compile', 'int8-pt2e-mixed',
+           'ort-fp32', 'ort-int8', 'ort-int8-dyn')
 
 @dataclass
 class Variant:
@@ -98,10 +99,29 @@ def _int8_dyn(net):
         quantize_(m, Int8DynamicActivationInt8WeightConfig())
     return m, sum(isinstance(x, nn.Linear) for x in m.modules())
 
-def _int8_pt2e(net, calib):
+def edge_layers(net: nn.Module) -> list:
+    "Names of the first and the last `nn.Linear`/`nn.Conv3d` of `net` (registration order): the layers `int8-pt2e-mixed` keeps in FP32."
+    names = [n for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv3d))]
+    if not names: raise VMLInputError("no Linear/Conv3d layer to quantize", field='net')
+    return list(dict.fromkeys([names[0], names[-1]]))
+
+def _compiled(m: nn.Module):
+    "`torch.compile` with Inductor and frozen weights (constant-folded, oneDNN-prepacked): one static graph per batch size."
+    import torch._inductor.config as icfg
+    c = torch.compile(m, dynamic=False)
+    def fn(*x):     # freezing patched in around the (lazy) compilation: the global switch, not `options=` — with
+        with icfg.patch(freezing=True): return c(*x)    # options= the x86 int8 passes emit an op packet Inductor rejects
+    fn.compiled = c
+    return fn
+
+def _int8_pt2e(net, calib, keep_fp32=None):
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, convert_pt2e
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    q = xiq.X86InductorQuantizer(); q.set_global(xiq.get_default_x86_inductor_quantization_config())
+    q, qc = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config()
+    if keep_fp32 is None: q.set_global(qc)      # everything the x86 quantizer annotates (incl. binary mul/add)
+    else:    # only the named GEMM layers: the edge layers, the cell transform and the threshold masks stay FP32
+        for name, m in net.named_modules():
+            if isinstance(m, (nn.Linear, nn.Conv3d)) and name not in keep_fp32: q.set_module_name_qconfig(name, qc)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         em = torch.export.export(net.eval(), tuple(calib), dynamic_shapes=tuple({0: torch.export.Dim.DYNAMIC} for _ in calib)).module()
@@ -170,6 +190,12 @@ def quantize(gen: nn.Module, method: str, calib: tuple | None = None, workdir=No
         m, n = _int8_dyn(net); return Variant(method, 'torch+torchao', m, {'quantized_linears': n})
     if method == 'int8-pt2e':
         m, n = _int8_pt2e(net, calib); return Variant(method, 'torch+torchao-pt2e', m, {'quant_nodes': n})
+    if method == 'fp32-compile':
+        return Variant(method, 'torch.compile', _compiled(copy.deepcopy(net).eval()), {'compile': 'inductor, frozen'})
+    if method in ('int8-pt2e-compile', 'int8-pt2e-mixed'):
+        keep = edge_layers(net) if method == 'int8-pt2e-mixed' else None
+        m, n = _int8_pt2e(copy.deepcopy(net).eval(), calib, keep)
+        return Variant(method, 'torch.compile', _compiled(m), {'quant_nodes': n, 'fp32_layers': keep or []})
     wd = Path(workdir or tempfile.mkdtemp(prefix='vml_quant_'))
     names = [f'in{i}' for i in range(len(calib))]
     f32 = wd/'fp32.onnx'
