@@ -41,7 +41,7 @@ def test_bench_end_to_end(tmp_path):
     ck = tmp_path/'g.pt'
     torch.save({'model_type': 'gan', 'cfg': asdict(G.cfg), 'G_ema': G.state_dict(), 'G': G.state_dict(), 'step': 0}, ck)
     r = _run('--gan', str(ck), '--methods', 'fp32,fp32-compile,ort-int8', '--batches', '8', '--configs', '1x1,1x2',
-             '--repeats', '1', '--qat', 'none', '--out', str(tmp_path/'o'))
+             '--repeats', '1', '--qat', 'none', '--fidelity', '60', '--cls-epochs', '2', '--out', str(tmp_path/'o'))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path/'o'/'bench.json').read_text())['gan']
     assert len(res['rows']) == 3*2
@@ -55,6 +55,12 @@ def test_bench_end_to_end(tmp_path):
     for st in (1, 2):
         fp = [r['x_best_fp32'] for r in res['rows'] if r['streams'] == st and r['precision'] == 'fp32']
         assert max(fp) == pytest.approx(1.0) and len(fp) == 2
+    # fidelity: against Geant4 (AUC, separation powers) and directly against the FP32 showers from the same noise
+    fid = res['fidelity']
+    assert set(fid) == {'fp32', 'fp32-compile', 'ort-int8'} and fid['fp32']['dauc'] == 0 and fid['fp32']['rel_err'] == 0
+    assert fid['fp32-compile']['rel_err'] < 1e-4 and 0 < fid['ort-int8']['rel_err'] < 0.08
+    assert 0 <= fid['ort-int8']['auc_vs_fp32'] <= 1 and 0 <= fid['ort-int8']['sep_cell_spectrum'] <= 1
+    assert abs(fid['ort-int8']['occupancy'] - fid['fp32']['occupancy']) < 0.02
     assert (tmp_path/'o'/'throughput.png').stat().st_size > 1000
     assert '| gan | ort-int8 |' in r.stdout
 
