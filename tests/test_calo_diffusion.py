@@ -18,10 +18,10 @@ def test_cli_bad_input(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     r = _run(BIN/'vml-train-dit', '--ckpt', tmp_path/'x.pth', '--patch', '4,4,9', '--shipped')
     assert r.returncode == 2 and 'does not divide' in r.stderr
-    r = _run(BIN/'vml-generate-dit', tmp_path/'missing.pth', tmp_path/'o.h5')
+    r = _run(BIN/'vml-generate', '--checkpoint', tmp_path/'missing.pth', '--out', tmp_path/'o.h5')
     assert r.returncode == 2 and 'checkpoint not found' in r.stderr
     bad = tmp_path/'bad.pth'; bad.write_text('not a checkpoint')
-    r = _run(BIN/'vml-generate-dit', bad, tmp_path/'o.h5')
+    r = _run(BIN/'vml-generate', '--checkpoint', bad, '--out', tmp_path/'o.h5')
     assert r.returncode == 2 and 'not a readable checkpoint' in r.stderr
 
 
@@ -39,7 +39,8 @@ def test_train_resume_generate_end_to_end(tmp_path):
     c2 = torch.load(ck, weights_only=False)
     assert all(torch.equal(c1['model'][k], c2['model'][k]) for k in c1['model'])
     out = tmp_path/'gen.h5'
-    r = _run(BIN/'vml-generate-dit', ck, out, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4)
+    gen = lambda o, *a: _run(BIN/'vml-generate', '--checkpoint', ck, '--out', o, *a)
+    r = gen(out, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'g4_photons')
     assert r.returncode == 0, r.stderr
     from vallecorsa_ml.calo.data import read_showers
     sd = read_showers(out)
@@ -50,18 +51,20 @@ def test_train_resume_generate_end_to_end(tmp_path):
     assert nz.size == 0 or nz.min() >= 5e-4          # nothing below the cell threshold
     # the same command again gives identical showers (deterministic sampler, fixed seed)
     out2 = tmp_path/'gen2.h5'
-    r = _run(BIN/'vml-generate-dit', ck, out2, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4)
-    assert np.array_equal(read_showers(out2).showers, sd.showers)
-    # the project-wide vml-generate dispatches on the checkpoint's model type
-    out3 = tmp_path/'gen3.h5'
-    r = _run(BIN/'vml-generate', '--checkpoint', ck, '--out', out3, '--energies', '20-60GeV', '--n', 4, '--theta', '1.9-2.1')
+    r = gen(out2, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'g4_photons')
     assert r.returncode == 0, r.stderr
-    sd3 = read_showers(out3)
-    assert len(sd3) == 4 and sd3.showers.shape[1:] == (45, 16, 9) and np.all(sd3.energies >= 20e3 - 1e-3)
-    r = _run(BIN/'vml-generate-dit', ck, out2, '--energies', '50', '--n', 2)
-    assert r.returncode == 2 and 'unit' in r.stderr
-    r = _run(BIN/'vml-generate-dit', ck, out2, '--detector', 'lead', '--n', 2)
+    assert np.array_equal(read_showers(out2).showers, sd.showers)
+    # another detector id gives other showers from the same noise
+    out3 = tmp_path/'gen3.h5'
+    r = gen(out3, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'pbwo4_photons')
+    assert r.returncode == 0, r.stderr
+    assert not np.array_equal(read_showers(out3).showers, sd.showers)
+    r = gen(out2, '--energies', '50', '--n', 2)
+    assert r.returncode == 2 and 'unit' in r.stderr.lower()
+    r = gen(out2, '--detector', 'lead', '--n', 2)
     assert r.returncode == 2 and 'unknown detector' in r.stderr
+    r = gen(out2, '--steps', 40, '--n', 2)
+    assert r.returncode == 2 and 'steps' in r.stderr
 
 
 def test_phi_periodic_and_mirror():

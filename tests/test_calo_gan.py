@@ -82,6 +82,7 @@ def test_onnx_parity_dynamic_batch(trained, tmp_path):
     (['--energies', 'abcGeV'], 'cannot read energy'),
     (['--energies=-5GeV'], 'must satisfy 0 < lo'),
     (['--n', '0'], 'must be >= 1'),
+    (['--steps', '8'], "--steps does not apply to a 'gan' checkpoint"),
 ])
 def test_generate_bad_inputs(trained, tmp_path, args, msg):
     d, _, _ = trained

@@ -25,7 +25,7 @@ __all__ = ['DETECTORS', 'N_DETECTORS', 'CellTransform', 'make_conditions', 'phi_
            'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'CaloDiT', 'heun_sample', 'detector_id',
            'DiTDataset', 'dit_dataset', 'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback',
            'TimeLimitCallback', 'dit_learner', 'load_dit', 'train_dit', 'training_parts', 'vml_train_dit',
-           'DiTGenerator', 'load_dit_checkpoint', 'vml_generate_dit', 'export_dit_onnx', 'dit_onnx_parity']
+           'DiTGenerator', 'load_dit_checkpoint', 'export_dit_onnx', 'dit_onnx_parity']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -174,6 +174,19 @@ class CaloDiT(nn.Module):
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2*d))
         self.out = nn.Linear(d, self.patch_dim)
         for m in (self.ada_out[1], self.out): nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
+        # per detector, the largest transformed cell value seen in training at each (z, r) (φ-symmetric); +inf: unknown
+        self.register_buffer('y_max', torch.full((cfg.n_detectors, Z, R), math.inf))
+
+    def fit_range(self, y: torch.Tensor, cond: torch.Tensor, margin: float = 0.1) -> 'CaloDiT':
+        "Set `y_max[d, z, r]` = max over the training showers of detector d and over φ of the transformed cell, + `margin`."
+        det = cond[:, 3].long()
+        for d in det.unique().tolist():
+            self.y_max[d] = y[det == d].amax((0, 2)).to(self.y_max) + margin
+        return self
+    def load_state_dict(self, state_dict, strict: bool = True, **kw):
+        "As `nn.Module.load_state_dict`; checkpoints written before `y_max` existed load with `y_max` = +inf."
+        if 'y_max' not in state_dict: state_dict = dict(state_dict, y_max=torch.full_like(self.y_max, math.inf))
+        return super().load_state_dict(state_dict, strict=strict, **kw)
 
     # -- tokens
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,9 +245,10 @@ class CaloDiT(nn.Module):
         for i in range(0, n, batch_size):
             c = cond[i:i + batch_size]
             x = noise[i:i + batch_size]*sig[0]
-            # clip the denoised estimate to the physical range: empty cell .. the incident energy
+            # clip the denoised estimate to the range of the data: empty cell .. min(incident energy, largest training value at (z, r))
             lo = self.transform(torch.zeros(()))
             hi = self.transform(1e4*10**c[:, 0].double()).float()[:, None, None, None]
+            hi = torch.minimum(hi, self.y_max[c[:, 3].long()][:, :, None, :])
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
                 x = heun_sample(self, x, c, sig, clip=(lo, hi) if clip else None)
             out.append(self.transform.inverse(x.float()))
@@ -292,18 +306,18 @@ def dit_dataset(parts: Sequence[tuple], transform: CellTransform) -> DiTDataset:
 
 # %% ../../nbs/16_calo.diffusion.ipynb #131ec472
 class EDMLoss(nn.Module):
-    "Training wrapper: `forward(y, cond)` → per-sample EDM loss of `model` (φ-mirror augmentation, optional bf16 autocast)."
+    "Training wrapper: `forward(y, cond)` → per-sample EDM loss of `model` (φ-mirror augmentation, optional bf16 autocast; runs on the device of `y`)."
     def __init__(self, model: CaloDiT, P_mean: float = -1.2, P_std: float = 1.2, mirror_phi: bool = True, bf16: bool = False):
         super().__init__()
         self.model, self.P_mean, self.P_std, self.mirror_phi, self.bf16 = model, P_mean, P_std, mirror_phi, bf16
     def forward(self, y: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         sd = self.model.config.sigma_data
         if self.mirror_phi:
-            m = torch.rand(len(y)) < 0.5
+            m = torch.rand(len(y), device=y.device) < 0.5
             y = torch.where(m[:, None, None, None], y.flip(2), y)
-        sigma = torch.exp(torch.randn(len(y))*self.P_std + self.P_mean)
+        sigma = torch.exp(torch.randn(len(y), device=y.device)*self.P_std + self.P_mean)
         noisy = y + torch.randn_like(y)*sigma[:, None, None, None]
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             D = self.model(noisy, sigma, cond)
         w = (sigma**2 + sd**2)/(sigma*sd)**2
         return w*((D.float() - y)**2).mean((1, 2, 3))
@@ -363,13 +377,14 @@ class TimeLimitCallback(Callback):
 # %% ../../nbs/16_calo.diffusion.ipynb #42623269
 def dit_learner(model: CaloDiT, train_ds: DiTDataset, valid_ds: DiTDataset | None = None, bs: int = 128,
                 seed: int = 0, bf16: bool = False, ckpt: str | os.PathLike | None = None, meta: dict | None = None,
-                ema_decay: float = 0.998, progress: bool = True) -> Learner:
+                ema_decay: float = 0.998, progress: bool = True, device: str | torch.device = 'cpu') -> Learner:
     "fastai `Learner` training `model` with the EDM loss on `train_ds` (+ reseeding, EMA, checkpoint callbacks)."
     seed_everything(seed)
     valid_ds = valid_ds if valid_ds is not None else DiTDataset(train_ds.y[:bs], train_ds.cond[:bs])
     dls = DataLoaders(FaDataLoader(train_ds, bs=min(bs, len(train_ds)), shuffle=True, drop_last=True, num_workers=0),
-                      FaDataLoader(valid_ds, bs=min(bs, len(valid_ds)), num_workers=0), device=torch.device("cpu"))
+                      FaDataLoader(valid_ds, bs=min(bs, len(valid_ds)), num_workers=0), device=torch.device(device))
     dls.n_inp = 2                     # (y, cond) go to EDMLoss.forward; the third item is a dummy target
+    model.to(device)
     cbs = [ReseedCallback(seed), EMACallback(ema_decay)]
     if ckpt is not None: cbs.append(CheckpointCallback(ckpt, dict(meta or {}, seed=seed, bs=bs, bf16=bf16)))
     learn = Learner(dls, EDMLoss(model, bf16=bf16), loss_func=_mean_loss, opt_func=Adam, cbs=cbs, wd=0.0)
@@ -393,7 +408,8 @@ def load_dit(path: str | os.PathLike, ema: bool = True) -> CaloDiT:
 
 def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = None, lr: float = 1e-3, bs: int = 128,
               seed: int = 0, ckpt: str | os.PathLike | None = None, resume: bool = False, bf16: bool = False,
-              minutes: float | None = None, progress: bool = True, valid_parts: Sequence[tuple] | None = None, cbs: list | None = None) -> tuple:
+              minutes: float | None = None, progress: bool = True, valid_parts: Sequence[tuple] | None = None, cbs: list | None = None,
+              device: str | torch.device = 'cpu') -> tuple:
     "Train a `CaloDiT` on `[(ShowerData, detector), ...]` with the 1cycle policy; resume from `ckpt` when asked. → (model with EMA weights, learner)."
     if epochs < 1: raise VMLInputError("epochs must be >= 1", field='epochs')
     start, ck = 0, None
@@ -406,16 +422,17 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
     if ck is not None: model.transform.load_state_dict({'stats': ck['model']['transform.stats']})
     else: model.transform.fit(torch.cat([torch.as_tensor(d.showers[:2000]) for d, _ in parts]))
     tr = dit_dataset(parts, model.transform)
+    if ck is None: model.fit_range(tr.y, tr.cond)
     va = dit_dataset(valid_parts, model.transform) if valid_parts else None
-    learn = dit_learner(model, tr, va, bs=bs, seed=seed, bf16=bf16, ckpt=ckpt, progress=progress,
+    learn = dit_learner(model, tr, va, bs=bs, seed=seed, bf16=bf16, ckpt=ckpt, progress=progress, device=device,
                         meta=dict(epochs=epochs, lr=lr))
     if ck is not None:
         model.load_state_dict(ck['model'])
         learn.create_opt(); learn.opt.load_state_dict(ck['opt'])
-        e = _ema_cb(learn); e.shadow, e.n = ck["ema"], ck["ema_n"]
+        e = _ema_cb(learn); e.shadow, e.n = {k: v.to(device) for k, v in ck["ema"].items()}, ck["ema_n"]
     cbs = ([TimeLimitCallback(minutes)] if minutes else []) + list(cbs or [])
     if start < epochs: learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
-    out = CaloDiT(model.config); out.load_state_dict(_ema_cb(learn).shadow)
+    out = CaloDiT(model.config); out.load_state_dict({k: v.cpu() for k, v in _ema_cb(learn).shadow.items()})
     return out.eval(), learn
 
 # %% ../../nbs/16_calo.diffusion.ipynb #96069ebb
@@ -463,9 +480,13 @@ def vml_train_dit(
     threads: int = 1,          # torch threads
     shipped: bool = False,     # Use the small Geant4 samples shipped in data/ (tests)
     quiet: bool = False,       # No progress bars
+    device: str = 'cpu',       # Training device: cpu, cuda or auto (cuda when available)
 ):
     "Train the diffusion transformer on Geant4 + simulated showers (several detectors, one model)."
     set_threads(threads)
+    if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.split(':')[0] not in ('cpu', 'cuda'): raise VMLInputError("must be cpu, cuda or auto", field='device')
+    if device.startswith('cuda') and not torch.cuda.is_available(): raise VMLInputError("CUDA is not available on this machine", field='device')
     for k, v in dict(epochs=epochs, bs=bs, dim=dim, depth=depth, heads=heads).items():
         if v < 1: raise VMLInputError("must be >= 1", field=k)
     if lr <= 0: raise VMLInputError("must be > 0", field='lr')
@@ -476,7 +497,7 @@ def vml_train_dit(
     print('training on', ', '.join(f"{n}: {len(d)}" for d, n in parts), flush=True)
     with Timer() as t:
         model, learn = train_dit(parts, epochs, cfg, lr=lr, bs=bs, seed=seed, ckpt=path, resume=resume, bf16=bf16,
-                                 minutes=minutes, progress=not quiet)
+                                 minutes=minutes, progress=not quiet, device=device)
     ck = torch.load(path, weights_only=False) if path.exists() else {}
     print(f"{path}: epoch {ck.get('epoch', 0)}/{epochs}, {t.seconds/60:.1f} min, "
           f"{sum(p.numel() for p in model.parameters())/1e6:.2f} M parameters", flush=True)
@@ -495,73 +516,20 @@ class DiTGenerator(nn.Module):
         return self.model.sample(energies_MeV, thetas, phis, self.detector if detector is None else detector, seed,
                                  self.steps if steps is None else steps, batch_size=min(batch_size, 250))
 
-def load_dit_checkpoint(ck: dict, detector=None, steps: int | None = None) -> DiTGenerator:
-    "`DiTGenerator` (EMA weights) from a loaded checkpoint dict; detector defaults to $VML_DIT_DETECTOR or 1 (Geant4 photons)."
+def load_dit_checkpoint(ck: dict, detector=None, steps: int | None = None, raw: bool = False) -> DiTGenerator:
+    "`DiTGenerator` from a loaded checkpoint dict (EMA weights unless `raw`); detector defaults to Geant4 photons, steps to 12."
     m = CaloDiT(DiTConfig(**ck['config']))
-    m.load_state_dict(ck['ema'] if ck.get('ema') is not None else ck['model'])
-    det = detector if detector is not None else os.environ.get('VML_DIT_DETECTOR', 'g4_photons')
+    m.load_state_dict(ck['model'] if raw or ck.get('ema') is None else ck['ema'])
+    det = 'g4_photons' if detector is None else detector
     if isinstance(det, str) and det.isdigit(): det = int(det)
-    return DiTGenerator(m.eval(), det, steps or int(os.environ.get('VML_DIT_STEPS', 12))).eval()
+    detector_id(det)                                   # unknown names fail here, with the list of known ones
+    if steps is not None and not 2 <= int(steps) <= 25: raise VMLInputError("steps must be an integer in [2, 25]", field='steps')
+    return DiTGenerator(m.eval(), det, int(steps or 12)).eval()
 
 try:   # register into the 3DGAN notebook's generator registry (vml-generate) when it is there
     from vallecorsa_ml.calo import gan as _gan
     _gan.GENERATORS.setdefault('dit', 'vallecorsa_ml.calo.diffusion:load_dit_checkpoint')
 except ImportError: pass
-
-# %% ../../nbs/16_calo.diffusion.ipynb #eec07a69
-def _range(s, name):
-    if s is None: return None
-    try: v = [float(x) for x in str(s).split('-', 1)] if not str(s).startswith('-') else [float(s)]
-    except ValueError: raise VMLInputError(f"expected a number or a range 'lo-hi', got {s!r}", field=name) from None
-    return (v[0], v[-1])
-
-def _energies(spec, n, rng):
-    s = str(spec).strip()
-    unit = 1e3 if s.lower().endswith('gev') else 1.0 if s.lower().endswith('mev') else None
-    if unit is None: raise VMLInputError(f"energies need a unit (GeV or MeV): {spec!r}", field='energies')
-    body = s[:-3]
-    try:
-        if ',' in body: return np.resize(np.array([float(v) for v in body.split(',')])*unit, n)
-        lo, hi = (float(v)*unit for v in body.split('-', 1)) if '-' in body else (float(body)*unit,)*2
-    except ValueError: raise VMLInputError(f"cannot read energies {spec!r}", field='energies') from None
-    if lo <= 0 or hi < lo: raise VMLInputError(f"energies must be positive, low <= high: {spec!r}", field='energies')
-    return np.exp(rng.uniform(np.log(lo), np.log(hi), n)) if hi > lo else np.full(n, lo)
-
-@call_parse
-@cli_errors('vml-generate-dit')
-def vml_generate_dit(
-    checkpoint: str,              # Checkpoint of vml-train-dit
-    out: str,                     # Output HDF5 (CaloChallenge layout, with incident_theta/phi)
-    energies: str = '10-100GeV',  # '50GeV', log-uniform range '10-100GeV' or list '10,50,90GeV'
-    n: int = 100,                 # Number of showers
-    theta: str = None,            # Polar angle [rad] or range 'lo-hi' (uniform); default pi/2
-    phi: str = None,              # Azimuth [rad] or range (uniform); default 0
-    detector: str = 'g4_photons', # Detector id or name (g4_electrons, g4_photons, pbwo4_electrons, pbwo4_photons)
-    steps: int = 12,              # Heun steps (<= 25)
-    seed: int = 0,                # Random seed
-    threads: int = None,          # torch threads
-):
-    "Generate showers with a trained diffusion transformer and write them as CaloChallenge HDF5."
-    from vallecorsa_ml.calo.data import write_showers
-    if n < 1: raise VMLInputError("must be >= 1", field='n')
-    if threads: set_threads(threads)
-    path = Path(checkpoint)
-    if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
-    try: ck = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e: raise VMLInputError(f"not a readable checkpoint ({type(e).__name__})", file=path) from None
-    if not isinstance(ck, dict) or ck.get('model_type') != 'dit': raise VMLInputError("not a diffusion-transformer checkpoint", file=path)
-    det = int(detector) if str(detector).isdigit() else detector
-    gen = load_dit_checkpoint(ck, det, steps)
-    rng = np.random.default_rng([seed, 7])
-    E = _energies(energies, n, rng)
-    th, ph = _range(theta, 'theta'), _range(phi, 'phi')
-    th = None if th is None else rng.uniform(*th, n)
-    ph = None if ph is None else rng.uniform(*ph, n)
-    with Timer() as t: sd = gen.sample(E, th, ph, seed=seed)
-    p = write_showers(out, sd, attrs={'checkpoint': str(checkpoint), 'seed': seed, 'model': 'dit', 'steps': steps})
-    print(f"{p}: {len(sd)} showers, {E.min()/1e3:.3g}-{E.max()/1e3:.3g} GeV, {1e3*t.seconds/len(sd):.1f} ms/shower, "
-          f"mean E_mesh/E = {(sd.flat.sum(1)/sd.energies).mean():.4f}")
-    return p
 
 # %% ../../nbs/16_calo.diffusion.ipynb #fa2144fd
 def export_dit_onnx(model: nn.Module, path, opset: int = 18) -> Path:

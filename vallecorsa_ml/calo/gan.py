@@ -547,7 +547,11 @@ def load_generator(path, model: str | None = None, **kwargs) -> nn.Module:
     kind = model or ck['model_type']
     if kind not in GENERATORS: raise VMLInputError(f"unknown model {kind!r}; known: {', '.join(GENERATORS)}", file=path, field='model')
     mod, fn = GENERATORS[kind].split(':')
-    return getattr(importlib.import_module(mod), fn)(ck, **kwargs)
+    loader = getattr(importlib.import_module(mod), fn)
+    import inspect
+    bad = [k for k in kwargs if k not in inspect.signature(loader).parameters]
+    if bad: raise VMLInputError(f"option {', '.join('--' + b for b in bad)} does not apply to a {kind!r} checkpoint", file=path, field=bad[0])
+    return loader(ck, **kwargs)
 
 # %% ../../nbs/15_calo.gan.ipynb #c73e51f1
 def _parse_conds(s: str) -> tuple:
@@ -625,7 +629,9 @@ def vml_generate(
     seed: int = 0,               # Random seed
     batch_size: int = 1000,      # Showers per forward pass
     threads: int = None,         # torch threads
-    raw: bool = False,           # 3DGAN: use the last trained weights instead of their EMA
+    raw: bool = False,           # Use the last trained weights instead of their EMA
+    detector: str = None,        # Diffusion transformer: detector id or name (default g4_photons)
+    steps: int = None,           # Diffusion transformer: Heun sampler steps, 2-25 (default 12)
 ):
     "Generate showers with a trained generator and write them as CaloChallenge HDF5."
     from vallecorsa_ml.calo.data import write_showers
@@ -634,7 +640,7 @@ def vml_generate(
     if not out: raise VMLInputError("required", field='--out')
     if n < 1: raise VMLInputError("must be >= 1", field='n')
     if threads: set_threads(threads)
-    G = load_generator(checkpoint, model, **({'raw': True} if raw else {}))
+    G = load_generator(checkpoint, model, **{k: v for k, v in dict(raw=raw or None, detector=detector, steps=steps).items() if v is not None})
     rng = np.random.default_rng([seed, 7])
     E = _parse_energies(energies, n, rng)
     th, ph = parse_range(theta, 'theta'), parse_range(phi, 'phi')
