@@ -31,11 +31,13 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 # %% ../../nbs/21_anomaly.autoencoder.ipynb #483ea243
 class ParticleAE(nn.Module):
-    "Convolutional autoencoder (or VAE) of jets given as (B, 100, 3) constituent lists (pT, Δη, Δφ)."
-    def __init__(self, latent: int = 8, variational: bool = False, n_const: int = N_CONST, filters=(16, 20, 24)):
+    "Convolutional autoencoder (or VAE) of jets given as (B, 100, 3) constituent lists (pT [GeV], Δy, Δφ); latent squashed by `latent_act` ('tanh' as the reference, or None)."
+    def __init__(self, latent: int = 8, variational: bool = False, n_const: int = N_CONST, filters=(16, 20, 24),
+                 latent_act: str | None = 'tanh'):
         super().__init__()
         if latent < 1: raise VMLInputError(f"latent size must be >= 1, got {latent}", field='latent')
-        self.latent, self.variational, self.n_const = latent, variational, n_const
+        if latent_act not in ('tanh', None): raise VMLInputError(f"latent_act must be 'tanh' or None, got {latent_act!r}", field='latent_act')
+        self.latent, self.variational, self.n_const, self.latent_act = latent, variational, n_const, latent_act
         f1, f2, f3 = filters
         self.register_buffer('mean', torch.zeros(3)); self.register_buffer('std', torch.ones(3))
         L = (n_const - 2 - 4) // 2
@@ -61,12 +63,13 @@ class ParticleAE(nn.Module):
         return (x - self.mean) / self.std
 
     def encode(self, x):
-        "Normalised input → (μ, log σ²) for the VAE, (z, None) for the AE."
+        "Normalised input → (μ, log σ²) for the VAE, (z, None) for the AE (μ and z through `latent_act`)."
         if x.shape[-2:] != (self.n_const, 3):
             raise VMLInputError(f"jets must have shape (B, {self.n_const}, 3), got {tuple(x.shape)}", field='constituents')
         h = self.enc_conv(x.unsqueeze(1)).squeeze(-1)      # (B, f1, n-2)
         h = self.enc(h)
-        return (h[:, :self.latent], h[:, self.latent:]) if self.variational else (h, None)
+        z = torch.tanh(h[:, :self.latent]) if self.latent_act == 'tanh' else h[:, :self.latent]
+        return (z, h[:, self.latent:]) if self.variational else (z, None)
 
     def decode(self, z):
         "Latent vectors (B, ℓ) → reconstructed jets (B, 100, 3) in normalised units."
@@ -149,7 +152,7 @@ def _ae_scores(model, c, bs):
 
 def _ae_cache_path(qcd_file, n_train, latent, variational, epochs, seed):
     qcd_file = Path(qcd_file)
-    key = json.dumps(dict(f=qcd_file.name, size=qcd_file.stat().st_size, n=n_train, l=latent, v=variational, e=epochs, s=seed))
+    key = json.dumps(dict(f=qcd_file.name, size=qcd_file.stat().st_size, n=n_train, l=latent, v=variational, e=epochs, s=seed, a='tanh'))
     return cache_dir('anomaly', 'models') / f"ae_{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt", key
 
 def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: bool = False, epochs: int = 10,
