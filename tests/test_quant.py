@@ -34,6 +34,8 @@ def test_bench_bad_input():
     assert r.returncode == 2 and 'checkpoint not found' in r.stderr
     r = _run('--methods', 'fp32,int4')
     assert r.returncode == 2 and 'unknown methods' in r.stderr
+    r = _run('--gan', 'none')
+    assert r.returncode == 2 and 'needs --dit' in r.stderr
 
 
 def test_bench_end_to_end(tmp_path):

@@ -182,16 +182,21 @@ def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', ref_start
 def bar_chart(best_rows: list, path=None, title: str = 'Showers per second, best configuration per precision'):
     "Seed-style bar chart of showers/s (log scale) per generator × variant, Geant4 as the reference bar."
     import matplotlib; import matplotlib.pyplot as plt
-    labels = [f"{r['generator']}\n{r['method']}" for r in best_rows]
+    labels = [r['generator'] + '\n' + r['method'].replace('-pt2e-', '-pt2e\n') for r in best_rows]
     vals = [r['showers_per_s'] for r in best_rows]
-    fig, ax = plt.subplots(figsize=(1.1*len(vals) + 2.5, 4))
+    fig, ax = plt.subplots(figsize=(1.3*len(vals) + 2.5, 4.3))
     if best_rows:   # Geant4 on the same 2 cores: 2 / (CPU s per shower)
         ax.bar(['Geant4\n(2 cores)'], [2/best_rows[0]['g4_s_per_shower']], color='grey')
     cols = ['C0' if 'fp32' in l else 'C1' if 'bf16' in l else 'C3' if 'compile' in l or 'mixed' in l else 'C2' for l in labels]
     bars = ax.bar(labels, vals, color=cols)
     for bb, r in zip(bars, best_rows):
-        ax.text(bb.get_x() + bb.get_width()/2, bb.get_height(), f"{r['showers_per_s']:.0f}", ha='center', va='bottom', fontsize=8)
+        fails = r.get('counts') is False      # measured and outside |ΔAUC| ≤ 0.01: hatched, marked
+        if fails: bb.set_hatch('//'); bb.set_alpha(0.5)
+        ax.text(bb.get_x() + bb.get_width()/2, bb.get_height(), f"{r['showers_per_s']:.0f}" + ('\nΔAUC ✗' if fails else ''),
+                ha='center', va='bottom', fontsize=8)
     ax.set_yscale('log'); ax.set_ylabel('showers / s'); ax.set_title(title)
+    ax.tick_params(axis='x', labelsize=7)
+    if vals: ax.set_ylim(top=2.5*max(vals))      # room for the labels above the tallest bar
     fig.tight_layout()
     if path: fig.savefig(path, dpi=120)
     return fig
@@ -232,7 +237,7 @@ def _load(path, kind):
 @call_parse
 @cli_errors('vml-bench')
 def vml_bench(
-    gan: str = None,              # 3DGAN checkpoint (default: <cache>/gan/ds2_e_recipe/last.pt if present, else an untrained stand-in)
+    gan: str = None,              # 3DGAN checkpoint (default: <cache>/gan/ds2_e_recipe/last.pt if present, else an untrained stand-in; 'none': skip)
     dit: str = None,              # diffusion checkpoint (optional; 'auto': <cache>/calo/dit/dit.pth)
     methods: str = 'fp32,fp32-compile,bf16,int8-dyn,int8-pt2e-compile,ort-fp32,ort-int8,ort-int8-dyn',  # comma-separated, from quant.ptq.METHODS
     qat: str = 'auto',            # QAT ONNX model of the 3DGAN ('auto': <cache>/quant/gan_qat.onnx if present; 'none')
@@ -251,7 +256,9 @@ def vml_bench(
     if repeats < 1: raise VMLInputError("repeats must be >= 1", field='repeats')
     gens = []
     ck = Path(gan) if gan else data_dir()/'gan'/'ds2_e_recipe'/'last.pt'
-    if gan or ck.exists(): gens.append(('gan', _load(ck, 'gan')))
+    if gan == 'none':
+        if not dit: raise VMLInputError("--gan none needs --dit", field='gan')
+    elif gan or ck.exists(): gens.append(('gan', _load(ck, 'gan')))
     else:
         from vallecorsa_ml.calo.gan import Generator, GANConfig
         torch.manual_seed(0); gens.append(('gan-standin', Generator(GANConfig()).eval()))
