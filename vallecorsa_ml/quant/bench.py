@@ -20,7 +20,7 @@ from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, re
 
 # %% auto #0
 __all__ = ['OPS_PER_CYCLE', 'G4_CPU_S_PER_GEV', 'W_PER_CORE', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules',
-           'time_variant', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
+           'time_variants', 'time_variant', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -70,26 +70,39 @@ def joules(cpu_seconds: float, w_per_core: float = W_PER_CORE) -> float:
     return float(cpu_seconds*w_per_core)
 
 # %% ../../nbs/52_quant.bench.ipynb #93f36562
+def _stats(walls, cpus, items: int, nfe: int, flops_per_item: float) -> dict:
+    wall = float(np.median(walls)); cpu = float(np.median(cpus))/items*nfe
+    return dict(showers_per_s=items/wall/nfe, ms_per_shower=1e3*wall/items*nfe, cpu_s_per_shower=cpu,
+                j_per_shower=joules(cpu), gflops=flops_per_item*items/wall/1e9, spread=float(np.std(walls)/wall))
+
+def time_variants(vs: dict, inputs: tuple, streams: int = 1, repeats: int = 5, warmup: int = 1,
+                  flops_per_item: float = 0.0, nfe: int = 1) -> dict:
+    """Throughput of every variant in `vs` on `inputs` (one batch per stream), timed *round-robin*: repeat r times
+    variant 1, 2, ... in turn, so that a change of load on a shared machine hits all of them alike (medians)."""
+    if streams < 1 or repeats < 1: raise VMLInputError("streams and repeats must be >= 1", field='streams')
+    b = len(inputs[0])
+    pool = ThreadPoolExecutor(streams) if streams > 1 else None
+    def runner(v):
+        def one(_=None): return v(*inputs)
+        return (lambda: list(pool.map(one, range(streams)))) if pool else one
+    runs = {k: runner(v) for k, v in vs.items()}
+    walls, cpus = {k: [] for k in vs}, {k: [] for k in vs}
+    try:
+        for _ in range(warmup):
+            for run in runs.values(): run()
+        for _ in range(repeats):
+            for k, run in runs.items():
+                with Timer() as t: run()
+                walls[k].append(t.seconds); cpus[k].append(t.cpu_seconds)
+    finally:
+        if pool: pool.shutdown()
+    return {k: _stats(walls[k], cpus[k], streams*b, nfe, flops_per_item) for k in vs}
+
 def time_variant(v: Variant, inputs: tuple, streams: int = 1, repeats: int = 5, warmup: int = 1,
                  flops_per_item: float = 0.0, nfe: int = 1) -> dict:
     "Throughput of `v` on `inputs` (one batch per stream): showers/s, CPU s and J per shower, FLOP/s."
-    if streams < 1 or repeats < 1: raise VMLInputError("streams and repeats must be >= 1", field='streams')
-    b = len(inputs[0])
-    def one(_=None): return v(*inputs)
-    pool = ThreadPoolExecutor(streams) if streams > 1 else None
-    run = (lambda: list(pool.map(one, range(streams)))) if pool else one
-    try:
-        for _ in range(warmup): run()
-        walls, cpus = [], []
-        for _ in range(repeats):
-            with Timer() as t: run()
-            walls.append(t.seconds); cpus.append(t.cpu_seconds)
-    finally:
-        if pool: pool.shutdown()
-    wall, items = float(np.median(walls)), streams*b
-    cpu = float(np.median(cpus))/items*nfe
-    return dict(showers_per_s=items/wall/nfe, ms_per_shower=1e3*wall/items*nfe, cpu_s_per_shower=cpu,
-                j_per_shower=joules(cpu), gflops=flops_per_item*items/wall/1e9, spread=float(np.std(walls)/wall))
+    return time_variants({'v': v}, inputs, streams, repeats, warmup, flops_per_item, nfe)['v']
+
 
 # %% ../../nbs/52_quant.bench.ipynb #101460f6
 def _gen_kind(gen) -> str: return 'dit' if type(gen).__name__ in ('DiTGenerator', 'CaloDiT') else 'gan'
@@ -119,11 +132,12 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
             for b in batches:
                 inp = calib_inputs(gen, np.resize(cc['energies_MeV'], b), None if cc['thetas'] is None else np.resize(cc['thetas'], b),
                                    None if cc['phis'] is None else np.resize(cc['phis'], b), seed=seed + 1)
+                for v in built.values(): v(*inp)   # one call on its own first: a compiled variant compiles for this batch size here
                 for t_, s in configs:
                     if t_ != threads: continue
+                    timed = time_variants(built, inp, streams=s, repeats=repeats, flops_per_item=fl, nfe=nfe)
                     for m, v in built.items():
-                        v(*inp)      # one call on its own first: a compiled variant compiles for this batch size here, not in the streams
-                        r = time_variant(v, inp, streams=s, repeats=repeats, flops_per_item=fl, nfe=nfe)
+                        r = timed[m]
                         prec = 'int8' if 'int8' in m else 'bf16' if 'bf16' in m else 'fp32'
                         r.update(generator=name, method=m, runtime=v.runtime, precision=prec, batch=b, threads=threads, streams=s,
                                  pct_peak=100*r['gflops']*1e9/peak_flops(prec, cores=threads*s),
