@@ -109,7 +109,7 @@ def _gen_kind(gen) -> str: return 'dit' if type(gen).__name__ in ('DiTGenerator'
 
 def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-fp32', 'ort-int8'), batches=(64,),
               configs=((2, 1), (1, 2)), repeats: int = 5, n_calib: int = 256, n_fid: int = 0, cls_epochs: int = 20,
-              extra: dict | None = None, ref_kind: str | None = None, ref_start: int = 6000, seed: int = 0,
+              extra: dict | None = None, ref_kind: str | None = None, ref_start: int | None = None, seed: int = 0,
               log=print) -> dict:
     "Time every method × batch × (threads, streams) of `gen`; optional fidelity vs Geant4. Returns {'rows', 'fidelity', 'best'}."
     bad = [m for m in methods if m not in METHODS]
@@ -168,7 +168,7 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
                  for m, r in best.items()]
     return dict(rows=rows, best=best_rows, fidelity=fid, flops_per_forward=fl, nfe=nfe, g4_s_per_shower=g4s)
 
-def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', ref_start: int = 6000, cls_epochs: int = 20, seed: int = 0,
+def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', ref_start: int | None = None, cls_epochs: int = 20, seed: int = 0,
              fixed: tuple | None = None) -> dict:
     """Per variant, `n` showers sampled at the conditions of held-out Geant4 showers, from the same noise for every variant:
     the spine's evaluation against Geant4 (cls-high AUC, mean separation power, cell-spectrum separation power), ΔAUC vs
@@ -176,6 +176,8 @@ def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', ref_start
     the FP32 showers (0.5: indistinguishable), their cell occupancy, and the relative L2 error on the `fixed` inputs."""
     from vallecorsa_ml.calo.data import load_g4
     from vallecorsa_ml.calo.metrics import classifier_test, evaluate
+    if ref_start is None:    # held out: electrons from row 6000 (the GAN recipe trains on the first rows), else the file's last n
+        ref_start = 6000 if ref_kind == 'electrons' else max(0, len(load_g4(ref_kind)) - int(n))
     ref = load_g4(ref_kind, n, start=ref_start)
     dit = _gen_kind(gen) == 'dit'
     variants = dict(variants)
