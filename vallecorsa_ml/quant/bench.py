@@ -123,12 +123,14 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
     fl = count_flops(_net(gen), tuple(t[:1] for t in calib))
     g4s = g4_seconds(cc['energies_MeV'])
     variants = dict(extra or {})
-    rows, prev = [], torch.get_num_threads()
+    rows, prev, fid_built = [], torch.get_num_threads(), None
+    tmin = min(t for t, _ in configs)
     try:
         for threads in sorted({t for t, _ in configs}):
             set_threads(threads)
             built = {m: quantize(gen, m, calib, threads=threads) for m in methods}
             built.update({k: (f(threads) if callable(f) and not isinstance(f, Variant) else f) for k, f in variants.items()})
+            if threads == tmin: fid_built = built
             for b in batches:
                 inp = calib_inputs(gen, np.resize(cc['energies_MeV'], b), None if cc['thetas'] is None else np.resize(cc['thetas'], b),
                                    None if cc['phis'] is None else np.resize(cc['phis'], b), seed=seed + 1)
@@ -153,7 +155,11 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
         k = (r['batch'], r['threads'], r['streams'])
         r['x_fp32'] = r['showers_per_s']/fp[k] if k in fp else float('nan')
         r['x_best_fp32'] = r['showers_per_s']/fpx[k] if k in fpx else float('nan')
-    fid = fidelity(gen, built, n_fid, ref_kind, ref_start, cls_epochs, seed, fixed=inp) if n_fid > 0 else {}
+    fid = {}
+    if n_fid > 0:    # sampled with the variants built for the fewest threads (a shared machine stalls multi-threaded pools)
+        set_threads(tmin)
+        try: fid = fidelity(gen, fid_built, n_fid, ref_kind, ref_start, cls_epochs, seed, fixed=inp)
+        finally: set_threads(prev)
     best = {}
     for r in rows:
         m = r['method']
