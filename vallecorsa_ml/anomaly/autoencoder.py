@@ -31,9 +31,9 @@ def kl_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 # %% ../../nbs/21_anomaly.autoencoder.ipynb #483ea243
 class ParticleAE(nn.Module):
-    "Convolutional autoencoder (or VAE) of jets given as (B, 100, 3) constituent lists (pT [GeV], Δy, Δφ); latent squashed by `latent_act` ('tanh' as the reference, or None)."
+    "Convolutional autoencoder (or VAE) of jets given as (B, 100, 3) constituent lists (pT [GeV], Δy, Δφ); latent linear by default, or squashed by `latent_act='tanh'` (the reference's choice)."
     def __init__(self, latent: int = 8, variational: bool = False, n_const: int = N_CONST, filters=(16, 20, 24),
-                 latent_act: str | None = 'tanh'):
+                 latent_act: str | None = None):
         super().__init__()
         if latent < 1: raise VMLInputError(f"latent size must be >= 1, got {latent}", field='latent')
         if latent_act not in ('tanh', None): raise VMLInputError(f"latent_act must be 'tanh' or None, got {latent_act!r}", field='latent_act')
@@ -152,7 +152,7 @@ def _ae_scores(model, c, bs):
 
 def _ae_cache_path(qcd_file, n_train, latent, variational, epochs, seed):
     qcd_file = Path(qcd_file)
-    key = json.dumps(dict(f=qcd_file.name, size=qcd_file.stat().st_size, n=n_train, l=latent, v=variational, e=epochs, s=seed, a='tanh'))
+    key = json.dumps(dict(f=qcd_file.name, size=qcd_file.stat().st_size, n=n_train, l=latent, v=variational, e=epochs, s=seed, a='linear'))
     return cache_dir('anomaly', 'models') / f"ae_{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt", key
 
 def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: bool = False, epochs: int = 10,
