@@ -20,7 +20,7 @@ from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, re
 
 # %% auto #0
 __all__ = ['OPS_PER_CYCLE', 'G4_CPU_S_PER_GEV', 'W_PER_CORE', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules',
-           'time_variants', 'time_variant', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
+           'time_variants', 'time_variant', 'op_breakdown', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -103,6 +103,26 @@ def time_variant(v: Variant, inputs: tuple, streams: int = 1, repeats: int = 5, 
     "Throughput of `v` on `inputs` (one batch per stream): showers/s, CPU s and J per shower, FLOP/s."
     return time_variants({'v': v}, inputs, streams, repeats, warmup, flops_per_item, nfe)['v']
 
+
+# %% ../../nbs/52_quant.bench.ipynb #11344b12
+def _op_category(name: str) -> str | None:
+    if name.startswith('Torch-Compiled Region') or name.startswith('TorchDynamo'): return None   # wrappers (their children count)
+    if any(s in name for s in ('linear', 'addmm', 'convolution', 'qconv', 'aten::mm', 'aten::bmm')): return 'gemm'
+    if 'scaled_dot_product' in name: return 'attention'
+    return 'other'
+
+def op_breakdown(v, inputs: tuple, repeats: int = 3) -> dict:
+    "Self CPU ms per forward of `v(*inputs)` by category: {'gemm', 'attention', 'other', 'total'} (after one warm-up call)."
+    from torch.profiler import profile
+    v(*inputs)
+    with torch.no_grad(), profile() as pr:
+        for _ in range(repeats): v(*inputs)
+    out = {'gemm': 0.0, 'attention': 0.0, 'other': 0.0}
+    for e in pr.key_averages():
+        k = _op_category(e.key)
+        if k: out[k] += e.self_cpu_time_total/1e3/repeats
+    out['total'] = sum(out.values())
+    return out
 
 # %% ../../nbs/52_quant.bench.ipynb #101460f6
 def _gen_kind(gen) -> str: return 'dit' if type(gen).__name__ in ('DiTGenerator', 'CaloDiT') else 'gan'
