@@ -59,8 +59,8 @@ def test_train_resume_generate_end_to_end(tmp_path):
     r = gen(out3, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'pbwo4_photons')
     assert r.returncode == 0, r.stderr
     assert not np.array_equal(read_showers(out3).showers, sd.showers)
-    r = gen(out2, '--energies', '50', '--n', 2)
-    assert r.returncode == 2 and 'unit' in r.stderr.lower()
+    r = gen(out2, '--energies', 'abcGeV', '--n', 2)
+    assert r.returncode == 2 and 'cannot read energy' in r.stderr
     r = gen(out2, '--detector', 'lead', '--n', 2)
     assert r.returncode == 2 and 'unknown detector' in r.stderr
     r = gen(out2, '--steps', 40, '--n', 2)
