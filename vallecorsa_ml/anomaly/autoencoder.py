@@ -175,8 +175,12 @@ def _train_job(kw: dict) -> int:
 
 def train_autoencoders(jobs: list, workers: int = 2) -> int:
     "Train the `cached_autoencoder` configurations `jobs` (dicts of its arguments) not cached yet, over `workers` spawned processes of one torch thread each; returns how many were trained."
-    todo = [j for j in jobs if not _ae_cache_path(j['qcd_file'], j['n_train'], j.get('latent', 8), j.get('variational', False),
-                                                   j.get('epochs', 10), j.get('seed', 0))[0].exists()]
+    import inspect
+    sig = inspect.signature(cached_autoencoder)
+    def path(j):     # the job's cache file, with `cached_autoencoder`'s own defaults for what the job leaves out
+        a = sig.bind(**j); a.apply_defaults(); a = a.arguments
+        return _ae_cache_path(a['qcd_file'], a['n_train'], a['latent'], a['variational'], a['epochs'], a['seed'])[0]
+    todo = [j for j in jobs if not path(j).exists()]
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor

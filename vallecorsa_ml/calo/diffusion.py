@@ -526,10 +526,6 @@ def load_dit_checkpoint(ck: dict, detector=None, steps: int | None = None, raw: 
     if steps is not None and not 2 <= int(steps) <= 25: raise VMLInputError("steps must be an integer in [2, 25]", field='steps')
     return DiTGenerator(m.eval(), det, int(steps or 12)).eval()
 
-try:   # register into the 3DGAN notebook's generator registry (vml-generate) when it is there
-    from vallecorsa_ml.calo import gan as _gan
-    _gan.GENERATORS.setdefault('dit', 'vallecorsa_ml.calo.diffusion:load_dit_checkpoint')
-except ImportError: pass
 
 # %% ../../nbs/16_calo.diffusion.ipynb #fa2144fd
 def export_dit_onnx(model: nn.Module, path, opset: int = 18) -> Path:

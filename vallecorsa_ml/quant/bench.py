@@ -19,7 +19,7 @@ from ..core import (VMLInputError, cli_errors, save_json, md_table, set_threads,
 from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, rel_err, Variant, ort_session
 
 # %% auto #0
-__all__ = ['OPS_PER_CYCLE', 'G4_CPU_S_PER_GEV', 'W_PER_CORE', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules',
+__all__ = ['OPS_PER_CYCLE', 'G4_CPU_S_PER_GEV', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules',
            'time_variants', 'time_variant', 'op_breakdown', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
@@ -54,7 +54,7 @@ def g4_seconds(energies_MeV) -> float:
     return float(G4_CPU_S_PER_GEV*e.mean()/1000)
 
 # %% ../../nbs/52_quant.bench.ipynb #2176d35d
-W_PER_CORE = 350.0/56      # Xeon Platinum 8480+: 350 W TDP, 56 cores (as distributed.ddp.TDP_PER_CORE_W)
+from ..distributed.ddp import TDP_PER_CORE_W as W_PER_CORE   # Xeon Platinum 8480+: 350 W TDP / 56 cores, one constant for the project
 
 def rapl_files() -> list:
     "Readable RAPL package energy counters (µJ), or []."
