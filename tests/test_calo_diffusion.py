@@ -92,3 +92,22 @@ def test_onnx_parity(tmp_path):
         torch.nn.init.normal_(p, std=0.05)
     p = export_dit_onnx(m, tmp_path/'d.onnx')
     assert dit_onnx_parity(m, p, batch=3) <= 1e-4
+
+
+def test_two_stage_onnx_parity_and_conditions(tmp_path):
+    "A two-stage model: both ONNX graphs match PyTorch; the shower denoiser takes 4 + 45 condition columns and says so."
+    from vallecorsa_ml.calo.diffusion import CaloDiT, DiTConfig, export_dit_onnx, dit_onnx_parity, make_conditions
+    from vallecorsa_ml.core import VMLInputError
+    torch.manual_seed(0)
+    m = CaloDiT(DiTConfig(dim=32, depth=2, heads=2, layer_model=True))
+    for p in m.parameters(): torch.nn.init.normal_(p, std=0.05)
+    for part in ('shower', 'layers'):
+        f = export_dit_onnx(m, tmp_path/f'{part}.onnx', part=part)
+        assert dit_onnx_parity(m, f, batch=3, part=part) <= 1e-4
+    x, s, c = m.example_inputs(2)
+    with pytest.raises(VMLInputError, match='takes 49'): m(x, s, c[:, :4])
+    full = m.with_layers(make_conditions([1e4, 5e4], detector=1), seed=0)
+    assert full.shape == (2, 49) and torch.equal(full, m.with_layers(make_conditions([1e4, 5e4], detector=1), seed=0))
+    with pytest.raises(VMLInputError, match='unknown part'): export_dit_onnx(m, tmp_path/'x.onnx', part='head')
+    one = CaloDiT(DiTConfig(dim=32, depth=1, heads=2))
+    with pytest.raises(VMLInputError, match='no layer-energy stage'): export_dit_onnx(one, tmp_path/'y.onnx', part='layers')

@@ -22,10 +22,11 @@ from ..core import *
 
 # %% auto #0
 __all__ = ['DETECTORS', 'N_DETECTORS', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
-           'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'CaloDiT', 'heun_sample', 'detector_id',
-           'DiTDataset', 'dit_dataset', 'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback',
-           'TimeLimitCallback', 'dit_learner', 'load_dit', 'train_dit', 'training_parts', 'vml_train_dit',
-           'DiTGenerator', 'load_dit_checkpoint', 'export_dit_onnx', 'dit_onnx_parity']
+           'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'LayerTransform', 'layer_energies',
+           'LayerEnergyNet', 'CaloDiT', 'heun_sample', 'detector_id', 'DiTDataset', 'dit_dataset', 'EDMLoss',
+           'ReseedCallback', 'EMACallback', 'CheckpointCallback', 'TimeLimitCallback', 'dit_learner', 'load_dit',
+           'train_dit', 'training_parts', 'vml_train_dit', 'with_reference_layers', 'DiTGenerator',
+           'load_dit_checkpoint', 'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -137,6 +138,9 @@ class DiTConfig:
     rho: float = 7.0
     thr: float = 5e-4               # MeV, cell threshold (0.5 keV, the CaloChallenge readout threshold)
     delta: float = 1e-4             # MeV, log offset
+    layer_model: bool = False       # two stages: layer energies first (an MLP diffusion), then the shower given them
+    layer_width: int = 256
+    layer_depth: int = 4
     def __post_init__(self):
         self.shape, self.patch = tuple(int(v) for v in self.shape), tuple(int(v) for v in self.patch)
         if len(self.shape) != 3 or len(self.patch) != 3: raise VMLInputError("shape and patch need 3 entries (z, phi, r)", field='patch')
@@ -150,6 +154,53 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80., 
     i = torch.arange(steps, dtype=torch.float64)
     s = (sigma_max**(1/rho) + i/(steps - 1)*(sigma_min**(1/rho) - sigma_max**(1/rho)))**rho
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
+
+def _cond_feats(cond: torch.Tensor) -> torch.Tensor:
+    "Continuous condition features `[log10(E/10 GeV), θ − π/2, cos φ, sin φ]` from packed conditions."
+    return torch.stack([cond[:, 0], cond[:, 1], torch.cos(cond[:, 2]), torch.sin(cond[:, 2])], 1)
+
+class LayerTransform(nn.Module):
+    "Layer energies (MeV) ↔ standardised log space per layer: `v = (log(L·[L≥thr] + delta) − mean_z)/std_z`; inverse zeroes layers below `thr`."
+    def __init__(self, n_layers: int, thr: float = 5e-4, delta: float = 1e-4):
+        super().__init__()
+        if not (thr > 0 and delta > 0 and delta < thr): raise VMLInputError("need 0 < delta < thr", field='thr')
+        self.thr, self.delta = thr, delta
+        self.register_buffer('mean', torch.zeros(n_layers)); self.register_buffer('std', torch.ones(n_layers))
+    def fit(self, L) -> 'LayerTransform':
+        "Set the per-layer mean/std from layer energies `L` (N, Z) MeV."
+        v = torch.log(torch.where(torch.as_tensor(L) >= self.thr, torch.as_tensor(L), 0.) + self.delta)
+        self.mean.copy_(v.mean(0)); self.std.copy_(v.std(0).clamp(min=1e-3))
+        return self
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        return (torch.log(torch.where(L >= self.thr, L, torch.zeros_like(L)) + self.delta) - self.mean)/self.std
+    def inverse(self, v: torch.Tensor) -> torch.Tensor:
+        L = torch.exp((v*self.std + self.mean).clamp(max=math.log(1e7))) - self.delta
+        return torch.where(L >= self.thr, L, torch.zeros_like(L))
+
+def layer_energies(showers: torch.Tensor, thr: float) -> torch.Tensor:
+    "Energy per z layer (N, Z) in MeV of showers (N, Z, P, R), counting cells ≥ `thr` only (what the readout keeps)."
+    return torch.where(showers >= thr, showers, torch.zeros_like(showers)).sum((2, 3))
+
+class LayerEnergyNet(nn.Module):
+    "Stage 1: EDM denoiser `D(v; σ, cond)` of the standardised layer energies `v` (B, Z) — a residual MLP with the conditions added in every block."
+    def __init__(self, n_layers: int, width: int = 256, depth: int = 4, n_detectors: int = 4, sigma_data: float = 1.0):
+        super().__init__()
+        self.sigma_data = sigma_data
+        self.inp = nn.Linear(n_layers, width)
+        self.t_mlp = nn.Sequential(nn.Linear(128, width), nn.SiLU(), nn.Linear(width, width))
+        self.c_mlp = nn.Sequential(nn.Linear(4, width), nn.SiLU(), nn.Linear(width, width))
+        self.det_emb = nn.Embedding(n_detectors, width)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2*width), nn.SiLU(), nn.Linear(2*width, width))
+                                     for _ in range(depth)])
+        self.norm, self.out = nn.LayerNorm(width), nn.Linear(width, n_layers)
+        nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
+    def forward(self, v: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        sd, s = self.sigma_data, sigma.float().reshape(-1, 1)
+        c_skip, c_out, c_in = sd**2/(s**2 + sd**2), s*sd/torch.sqrt(s**2 + sd**2), 1/torch.sqrt(s**2 + sd**2)
+        c = self.t_mlp(timestep_embedding(torch.log(sigma.float())/4*250., 128)) + self.c_mlp(_cond_feats(cond)) + self.det_emb(cond[:, 3].long())
+        h = self.inp(v*c_in)
+        for b in self.blocks: h = h + b(h + c)
+        return c_skip*v + c_out*self.out(self.norm(h))
 
 class CaloDiT(nn.Module):
     "Diffusion transformer for showers on a cylindrical mesh; `forward` is the EDM denoiser, `sample` the generator."
@@ -176,16 +227,28 @@ class CaloDiT(nn.Module):
         for m in (self.ada_out[1], self.out): nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
         # per detector, the largest transformed cell value seen in training at each (z, r) (φ-symmetric); +inf: unknown
         self.register_buffer('y_max', torch.full((cfg.n_detectors, Z, R), math.inf))
+        if cfg.layer_model:      # stage 1 (layer energies) and the stage-2 inputs that carry them into the DiT
+            self.layer_tf = LayerTransform(Z, cfg.thr, cfg.delta)
+            self.layer_net = LayerEnergyNet(Z, cfg.layer_width, cfg.layer_depth, cfg.n_detectors, cfg.sigma_data)
+            self.layer_tok = nn.Linear(pz, d)        # a token's own layers → its embedding
+            self.layer_c = nn.Linear(Z, d)           # all layers → the adaLN condition
+            self.register_buffer('v_max', torch.full((cfg.n_detectors, Z), math.inf))
+    @property
+    def n_cond(self) -> int:
+        "Columns of `cond` that `forward` takes: 4, plus one standardised energy per layer for a two-stage model."
+        return 4 + (self.config.shape[0] if self.config.layer_model else 0)
 
     def fit_range(self, y: torch.Tensor, cond: torch.Tensor, margin: float = 0.1) -> 'CaloDiT':
         "Set `y_max[d, z, r]` = max over the training showers of detector d and over φ of the transformed cell, + `margin`."
         det = cond[:, 3].long()
         for d in det.unique().tolist():
             self.y_max[d] = y[det == d].amax((0, 2)).to(self.y_max) + margin
+            if self.config.layer_model: self.v_max[d] = cond[det == d, 4:].amax(0).to(self.v_max) + margin
         return self
     def load_state_dict(self, state_dict, strict: bool = True, **kw):
         "As `nn.Module.load_state_dict`; checkpoints written before `y_max` existed load with `y_max` = +inf."
         if 'y_max' not in state_dict: state_dict = dict(state_dict, y_max=torch.full_like(self.y_max, math.inf))
+        if self.config.layer_model and 'v_max' not in state_dict: state_dict = dict(state_dict, v_max=torch.full_like(self.v_max, math.inf))
         return super().load_state_dict(state_dict, strict=strict, **kw)
 
     # -- tokens
@@ -205,15 +268,22 @@ class CaloDiT(nn.Module):
 
     def net(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         "The raw network F: scaled noisy showers, noise embedding input and conditions → output in shower shape."
-        feats = torch.stack([cond[:, 0], cond[:, 1], torch.cos(cond[:, 2]), torch.sin(cond[:, 2])], 1)
-        c = self.t_mlp(timestep_embedding(c_noise*250., 256)) + self.c_mlp(feats) + self.det_emb(cond[:, 3].long())
+        c = self.t_mlp(timestep_embedding(c_noise*250., 256)) + self.c_mlp(_cond_feats(cond)) + self.det_emb(cond[:, 3].long())
         h = self.embed(self.patchify(x)) + self.pos_embedding()[None]
+        if self.config.layer_model:
+            v = cond[:, 4:]
+            c = c + self.layer_c(v)
+            (tz, tp, tr), pz = self.grid, self.config.patch[0]
+            h = (h.reshape(-1, tz, tp*tr, h.shape[-1]) + self.layer_tok(v.reshape(-1, tz, pz))[:, :, None]).reshape(h.shape)
         for b in self.blocks: h = b(h, c)
         sh, sc = self.ada_out(c).chunk(2, -1)
         return self.unpatchify(self.out(_modulate(self.norm_out(h), sh, sc)))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        "EDM denoiser D(x; σ, cond) in standardised cell space; x (B, Z, P, R), sigma (B,), cond (B, 4)."
+        "EDM denoiser D(x; σ, cond) in standardised cell space; x (B, Z, P, R), sigma (B,), cond (B, `n_cond`)."
+        if cond.shape[-1] != self.n_cond:
+            raise VMLInputError(f"cond has {cond.shape[-1]} columns, this model takes {self.n_cond}"
+                                + (" (4 conditions + standardised layer energies: use `with_layers`)" if self.config.layer_model else ""), field='cond')
         sd = self.config.sigma_data
         s = sigma.float().reshape(-1, 1, 1, 1)
         c_skip, c_out = sd**2/(s**2 + sd**2), s*sd/torch.sqrt(s**2 + sd**2)
@@ -227,18 +297,37 @@ class CaloDiT(nn.Module):
         x = torch.randn(batch, *self.config.shape, generator=g)
         sigma = torch.linspace(0.05, 5.0, batch)
         cond = make_conditions(np.geomspace(1e4, 1e5, batch), np.linspace(1.2, 2.0, batch), 0.2, 1)
+        if self.config.layer_model: cond = torch.cat([cond, torch.randn(batch, self.config.shape[0], generator=g)], 1)
         return x, sigma, cond
 
     @torch.no_grad()
+    def with_layers(self, cond: torch.Tensor, seed: int | None = None, steps: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
+        "Packed conditions (N, 4) → the inputs of `forward`: for a two-stage model, append standardised layer energies sampled by stage 1 (deterministic Heun, `steps`)."
+        if not self.config.layer_model: return cond
+        g = generator or torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
+        Z = self.config.shape[0]
+        sig = karras_sigmas(int(steps), self.config.sigma_min, self.config.sigma_max, self.config.rho)
+        v = torch.randn(len(cond), Z, generator=g)*sig[0]
+        lo = self.layer_tf(torch.zeros(Z))[None]
+        was = self.training; self.eval()
+        v = heun_sample(self.layer_net, v, cond, sig, clip=(lo, torch.maximum(self.v_max[cond[:, 3].long()], lo)))
+        self.train(was)
+        return torch.cat([cond, self.layer_tf(self.layer_tf.inverse(v))], 1)    # snapped: empty layers exactly at the empty level
+
+    @torch.no_grad()
     def sample(self, energies_MeV, thetas=None, phis=None, detector=0, seed: int | None = None, steps: int = 12,
-               batch_size: int = 250, bf16: bool = False, return_torch: bool = False, clip: bool = True):
-        "Generate showers for the given conditions with the deterministic Heun sampler → `ShowerData` (MeV; a tensor with `return_torch`)."
+               batch_size: int = 250, bf16: bool = False, return_torch: bool = False, clip: bool = True,
+               rescale: bool = True, layer_steps: int = 20):
+        """Generate showers for the given conditions with the deterministic Heun sampler → `ShowerData` (MeV; a tensor with `return_torch`).
+        A two-stage model first samples the layer energies (`layer_steps` Heun steps of the small stage-1 net), generates
+        the shower given them, and with `rescale` scales each layer to its stage-1 energy."""
         cond = make_conditions(energies_MeV, thetas, phis, detector)
         if cond[:, 3].max() >= self.config.n_detectors: raise VMLInputError("detector id beyond the model's detectors", field='detector')
         if not isinstance(steps, (int, np.integer)) or steps < 2 or steps > 25: raise VMLInputError("steps must be an integer in [2, 25]", field='steps')
         g = torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
         n = cond.shape[0]
         noise = torch.randn(n, *self.config.shape, generator=g)
+        cond = self.with_layers(cond, generator=g, steps=layer_steps)
         sig = karras_sigmas(int(steps), self.config.sigma_min, self.config.sigma_max, self.config.rho)
         was = self.training; self.eval()
         out = []
@@ -251,7 +340,12 @@ class CaloDiT(nn.Module):
             hi = torch.minimum(hi, self.y_max[c[:, 3].long()][:, :, None, :])
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
                 x = heun_sample(self, x, c, sig, clip=(lo, hi) if clip else None)
-            out.append(self.transform.inverse(x.float()))
+            e = self.transform.inverse(x.float())
+            if self.config.layer_model and rescale:     # each layer to its stage-1 energy
+                L, s = self.layer_tf.inverse(c[:, 4:]), e.sum((2, 3))
+                e = e*torch.where(s > 0, L/s.clamp(min=1e-30), torch.zeros_like(s))[:, :, None, None]
+                e = torch.where(e >= self.config.thr, e, torch.zeros_like(e))
+            out.append(e)
         self.train(was)
         res = torch.cat(out)
         if return_torch: return res
@@ -259,7 +353,7 @@ class CaloDiT(nn.Module):
         from vallecorsa_ml.calo.geometry import DS2, DS3
         geom = next((g for g in (DS2, DS3) if g.shape == self.config.shape), None)
         if geom is None: return res.numpy()
-        c = cond.numpy().astype(np.float64)
+        c = cond[:, :4].numpy().astype(np.float64)
         return ShowerData(res.numpy(), 1e4*10**c[:, 0], c[:, 1] + math.pi/2, c[:, 2], geom,
                           dict(model='dit', detector=[int(v) for v in np.unique(c[:, 3])], steps=int(steps), seed=seed))
 
@@ -291,22 +385,24 @@ def detector_id(name_or_id) -> int:
     return int(make_conditions([1e4], detector=name_or_id)[0, 3])
 
 class DiTDataset(torch.utils.data.Dataset):
-    "Standardised showers `y` (N, Z, P, R) and conditions (N, 4) of several samples."
+    "Standardised showers `y` (N, Z, P, R) and conditions (N, 4), or (N, 4 + Z) with standardised layer energies, of several samples."
     def __init__(self, y: torch.Tensor, cond: torch.Tensor): self.y, self.cond = y, cond
     def __len__(self): return len(self.y)
     def __getitem__(self, i): return self.y[i], self.cond[i], torch.zeros(())   # dummy target: fastai records losses only with one
 
-def dit_dataset(parts: Sequence[tuple], transform: CellTransform) -> DiTDataset:
-    "Dataset from `[(ShowerData, detector), ...]`, cells through `transform` (already fitted)."
+def dit_dataset(parts: Sequence[tuple], transform: CellTransform, layer_tf: LayerTransform | None = None) -> DiTDataset:
+    "Dataset from `[(ShowerData, detector), ...]`, cells through `transform` (already fitted); with `layer_tf`, the standardised layer energies are appended to the conditions."
     ys, cs = [], []
     for data, det in parts:
-        ys.append(transform(torch.as_tensor(data.showers, dtype=torch.float32)))
-        cs.append(make_conditions(data.energies, data.theta, data.phi, detector_id(det)))
+        e = torch.as_tensor(data.showers, dtype=torch.float32)
+        ys.append(transform(e))
+        c = make_conditions(data.energies, data.theta, data.phi, detector_id(det))
+        cs.append(c if layer_tf is None else torch.cat([c, layer_tf(layer_energies(e, transform.thr))], 1))
     return DiTDataset(torch.cat(ys), torch.cat(cs))
 
 # %% ../../nbs/16_calo.diffusion.ipynb #131ec472
 class EDMLoss(nn.Module):
-    "Training wrapper: `forward(y, cond)` → per-sample EDM loss of `model` (φ-mirror augmentation, optional bf16 autocast; runs on the device of `y`)."
+    "Training wrapper: `forward(y, cond)` → per-sample EDM loss of `model` (φ-mirror augmentation, optional bf16 autocast; runs on the device of `y`); a two-stage model adds the stage-1 loss on the layer energies."
     def __init__(self, model: CaloDiT, P_mean: float = -1.2, P_std: float = 1.2, mirror_phi: bool = True, bf16: bool = False):
         super().__init__()
         self.model, self.P_mean, self.P_std, self.mirror_phi, self.bf16 = model, P_mean, P_std, mirror_phi, bf16
@@ -320,7 +416,13 @@ class EDMLoss(nn.Module):
         with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             D = self.model(noisy, sigma, cond)
         w = (sigma**2 + sd**2)/(sigma*sd)**2
-        return w*((D.float() - y)**2).mean((1, 2, 3))
+        loss = w*((D.float() - y)**2).mean((1, 2, 3))
+        if self.model.config.layer_model:        # stage 1: the same EDM objective on the layer-energy vector
+            v = cond[:, 4:]
+            sl = torch.exp(torch.randn(len(v), device=v.device)*self.P_std + self.P_mean)
+            Dl = self.model.layer_net(v + torch.randn_like(v)*sl[:, None], sl, cond[:, :4])
+            loss = loss + (sl**2 + sd**2)/(sl*sd)**2*((Dl - v)**2).mean(1)
+        return loss
 
 def _mean_loss(pred, *args): return pred.mean()
 
@@ -419,11 +521,15 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
         epochs, lr, bs, seed, bf16 = ck['meta']['epochs'], ck['meta']['lr'], ck['meta']['bs'], ck['meta']['seed'], ck['meta']['bf16']
     seed_everything(seed)
     model = CaloDiT(config or DiTConfig())
-    if ck is not None: model.transform.load_state_dict({'stats': ck['model']['transform.stats']})
-    else: model.transform.fit(torch.cat([torch.as_tensor(d.showers[:2000]) for d, _ in parts]))
-    tr = dit_dataset(parts, model.transform)
+    if ck is not None: model.load_state_dict(ck['model'])         # the fitted transforms and ranges
+    else:
+        e = torch.cat([torch.as_tensor(d.showers[:2000]) for d, _ in parts])
+        model.transform.fit(e)
+        if model.config.layer_model: model.layer_tf.fit(layer_energies(e, model.transform.thr))
+    lt = model.layer_tf if model.config.layer_model else None
+    tr = dit_dataset(parts, model.transform, lt)
     if ck is None: model.fit_range(tr.y, tr.cond)
-    va = dit_dataset(valid_parts, model.transform) if valid_parts else None
+    va = dit_dataset(valid_parts, model.transform, lt) if valid_parts else None
     learn = dit_learner(model, tr, va, bs=bs, seed=seed, bf16=bf16, ckpt=ckpt, progress=progress, device=device,
                         meta=dict(epochs=epochs, lr=lr))
     if ck is not None:
@@ -471,6 +577,7 @@ def vml_train_dit(
     depth: int = 6,            # Transformer blocks
     heads: int = 4,            # Attention heads
     patch: str = '5,4,9',      # Patch size (z, phi, r)
+    no_layers: bool = False,   # One stage: no layer-energy model (stage 1) before the shower
     electrons: int = 5000,     # Geant4 electrons (detector 0)
     photons: int = 3000,       # Geant4 photons with angles (detector 1)
     pbwo4: int = 2000,         # Simulated PbWO4 showers per particle (detectors 2, 3)
@@ -492,7 +599,7 @@ def vml_train_dit(
     if lr <= 0: raise VMLInputError("must be > 0", field='lr')
     path = Path(ckpt) if ckpt else cache_dir('calo', 'dit')/'dit.pth'
     if resume and not path.exists(): raise VMLInputError("nothing to resume: checkpoint not found", file=path)
-    cfg = DiTConfig(dim=dim, depth=depth, heads=heads, patch=_ints(patch, 3, 'patch'))
+    cfg = DiTConfig(dim=dim, depth=depth, heads=heads, patch=_ints(patch, 3, 'patch'), layer_model=not no_layers)
     parts = training_parts(electrons, photons, pbwo4, seed, shipped)
     print('training on', ', '.join(f"{n}: {len(d)}" for d, n in parts), flush=True)
     with Timer() as t:
@@ -502,6 +609,17 @@ def vml_train_dit(
     print(f"{path}: epoch {ck.get('epoch', 0)}/{epochs}, {t.seconds/60:.1f} min, "
           f"{sum(p.numel() for p in model.parameters())/1e6:.2f} M parameters", flush=True)
     return path
+
+# %% ../../nbs/16_calo.diffusion.ipynb #bcc07a7f
+def with_reference_layers(gen, ref):
+    "Diagnostic: `gen` showers with each layer scaled to the energy of the same layer of the matching `ref` shower (same row); keeps gen's lateral shapes, layers empty in `gen` stay empty."
+    from vallecorsa_ml.calo.data import ShowerData
+    if len(gen) != len(ref) or gen.showers.shape != ref.showers.shape:
+        raise VMLInputError(f"gen {gen.showers.shape} and ref {ref.showers.shape} must hold the same number of showers on the same mesh", field='ref')
+    g, r = gen.showers.astype(np.float64), ref.showers.astype(np.float64)
+    gl, rl = g.sum((2, 3), keepdims=True), r.sum((2, 3), keepdims=True)
+    s = np.where(gl > 0, rl/np.where(gl > 0, gl, 1.0), 0.0)
+    return ShowerData((g*s).astype(np.float32), gen.energies, gen.theta, gen.phi, gen.geometry, dict(gen.attrs, reference_layers=True))
 
 # %% ../../nbs/16_calo.diffusion.ipynb #cc40a304
 class DiTGenerator(nn.Module):
@@ -528,10 +646,26 @@ def load_dit_checkpoint(ck: dict, detector=None, steps: int | None = None, raw: 
 
 
 # %% ../../nbs/16_calo.diffusion.ipynb #fa2144fd
-def export_dit_onnx(model: nn.Module, path, opset: int = 18) -> Path:
-    "Export the denoiser `forward(x, sigma, cond)` to ONNX (inputs `x`, `sigma`, `cond`; output `denoised`; dynamic batch), atomically."
+class LayerDenoiser(nn.Module):
+    "Stage 1 of a two-stage `CaloDiT` as a module of its own: `forward(x, sigma, cond)` denoises the standardised layer energies (B, Z) given cond (B, 4)."
+    def __init__(self, dit: CaloDiT):
+        super().__init__()
+        if not dit.config.layer_model: raise VMLInputError("this model has no layer-energy stage", field='part')
+        self.dit = dit
+    def forward(self, x, sigma, cond): return self.dit.layer_net(x, sigma, cond)
+    def example_inputs(self, batch: int = 2) -> tuple:
+        x, sigma, cond = self.dit.example_inputs(batch)
+        return cond[:, 4:]*sigma[:, None], sigma, cond[:, :4]
+
+def _onnx_part(model, part):
+    if part == 'shower': return model
+    if part == 'layers': return LayerDenoiser(model.model if isinstance(model, DiTGenerator) else model)
+    raise VMLInputError(f"unknown part {part!r}; choose 'shower' or 'layers'", field='part')
+
+def export_dit_onnx(model: nn.Module, path, opset: int = 18, part: str = 'shower') -> Path:
+    "Export the denoiser `forward(x, sigma, cond)` to ONNX (inputs `x`, `sigma`, `cond`; output `denoised`; dynamic batch), atomically; `part='layers'`: stage 1 of a two-stage model."
     import warnings
-    path = Path(path)
+    path, model = Path(path), _onnx_part(model, part)
     args = model.example_inputs(2)
     was = model.training; model.eval()
     with atomic_write(path, suffix='.onnx') as tmp, warnings.catch_warnings():
@@ -542,9 +676,10 @@ def export_dit_onnx(model: nn.Module, path, opset: int = 18) -> Path:
     model.train(was)
     return path
 
-def dit_onnx_parity(model: nn.Module, path, batch: int = 5) -> float:
+def dit_onnx_parity(model: nn.Module, path, batch: int = 5, part: str = 'shower') -> float:
     "Largest |ONNX Runtime − PyTorch| of the denoiser output on inputs with a batch size other than the export's."
     import onnxruntime as ort
+    model = _onnx_part(model, part)
     x, s, c = model.example_inputs(batch)
     model.eval()
     with torch.no_grad(): ref = model(x, s, c).numpy()

@@ -44,7 +44,7 @@ def calib_inputs(gen: nn.Module, energies_MeV, thetas=None, phis=None, seed: int
     if type(net).__name__ == 'CaloDiT':
         from vallecorsa_ml.calo.diffusion import make_conditions, karras_sigmas
         det = getattr(gen, 'detector', 0); det = det if isinstance(det, (int, np.integer)) else 0
-        cond = make_conditions(energies_MeV, thetas, phis, det)
+        cond = net.with_layers(make_conditions(energies_MeV, thetas, phis, det), seed=seed)   # + stage-1 layer energies (two-stage models)
         c = net.config
         sig = karras_sigmas(12, c.sigma_min, c.sigma_max, c.rho)[:-1]
         s = sig[torch.randint(0, len(sig), (len(cond),), generator=g)].float()
