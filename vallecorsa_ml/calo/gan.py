@@ -60,6 +60,7 @@ class GANConfig:
     w_ecal: float = 0.1
     d_cond: bool = True                 # real/fake head sees the conditions
     d_features: bool = True             # discriminator sees profiles, total and minibatch std
+    d_moments: bool = False             # ... and per-layer centres and widths in x and y (the lateral cls-high features)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple = (0.5, 0.999)
@@ -248,6 +249,12 @@ class Discriminator(nn.Module):
             PadConv3d(c2, c3, 3, stride=s3, circular_dim=self.circ), nn.LeakyReLU(0.2),
             nn.AdaptiveAvgPool3d((3, 2, 2)), nn.Flatten())
         nf = sum(self.shape) + 2 if cfg.d_features else 0
+        if cfg.d_moments:           # per-layer lateral moments: cell index map into (layer, cell) order and cell centres (mm)
+            idx = mesh.layer_view(np.arange(mesh.n_cells).reshape(1, *mesh.shape))[0]
+            x, y = mesh.layer_xy()
+            self.register_buffer('lay_idx', torch.as_tensor(idx, dtype=torch.long), persistent=False)
+            self.register_buffer('lay_xy', torch.tensor(np.stack([x, y, x**2, y**2], 1), dtype=torch.float32), persistent=False)
+            nf += 4*idx.shape[0]
         hid = ch(128)
         self.feat = nn.Sequential(nn.Linear(nf, hid), nn.LeakyReLU(0.2)) if nf else None
         self.trunk = nn.Sequential(nn.Linear(c3*12 + (hid if nf else 0), hid), nn.LeakyReLU(0.2))
@@ -255,15 +262,23 @@ class Discriminator(nn.Module):
         self.energy = nn.Linear(hid, 1)
         self.angle = nn.Linear(hid, 1) if 'theta' in cfg.conds else None
     def physics_features(self, u, cond):
-        "Per-axis marginal fractions (log), total/expected and minibatch std of the shower (B, sum(shape)+2)."
+        "Per-axis marginal fractions (log), total/expected, [per-layer lateral moments,] minibatch std of the shower (B, nf)."
         f = F.relu(u.float())**(1/self.cfg.power)/self.cfg.scale          # fractions of E0
         tot = f.sum((1, 2, 3))
         margs = [f.sum(tuple(a for a in (1, 2, 3) if a != ax)) for ax in (1, 2, 3)]
         margs = [torch.log(m/(tot[:, None] + 1e-12) + 1e-5) for m in margs]
         r = (tot/ecal_ratio_fn(cond[:, 0], self.cfg) - 1)*20
         h = torch.cat(margs + [r[:, None]], 1)
+        if self.cfg.d_moments: h = torch.cat([h, self.lateral_moments(f)], 1)
         mstd = h.std(0).mean().expand(len(h), 1) if len(h) > 1 else torch.zeros(len(h), 1)
         return torch.cat([h, mstd], 1), tot
+    def lateral_moments(self, f):
+        "Per layer: energy-weighted centre and width in x and y (the CaloChallenge definitions), in units of 100 mm → (B, 4·layers)."
+        e = f.reshape(len(f), -1)[:, self.lay_idx]                                     # (B, L, C)
+        m = e @ self.lay_xy/(e.sum(-1, keepdim=True) + 1e-12)                           # Σw·[x, y, x², y²]/Σw
+        c = m[..., :2]
+        w = torch.sqrt((m[..., 2:] - c**2).clamp(min=0) + 1e-6)
+        return torch.cat([c, w], -1).flatten(1)/100.
     def forward(self, u, cond):
         h = self.convs(u[:, None])
         f, tot = self.physics_features(u, cond)
@@ -579,6 +594,7 @@ def vml_train_gan(
     g_steps: int = 1,            # Generator updates per discriminator update
     lr: float = 2e-4,            # Adam learning rate (both networks)
     plain_3dgan: bool = False,   # Switch off the conditional real/fake head and the physics features of D
+    moments: bool = False,       # D also sees per-layer centres and widths (x, y) of the shower
     bf16: bool = False,          # bf16 autocast (measure first: slower than FP32 for 3D convs here)
     threads: int = None,         # torch threads (1 is fastest on a busy 2-core machine)
     fresh: bool = False,         # Ignore an existing checkpoint and start again
@@ -595,7 +611,7 @@ def vml_train_gan(
     sd = read_showers(path, geometry, start, stop)
     cfg = GANConfig(geometry=sd.geometry.name, conds=_parse_conds(conds), latent=latent, width=width, power=power,
                     batch_size=batch_size, g_steps=g_steps, lr_g=lr, lr_d=lr, bf16=bf16,
-                    d_cond=not plain_3dgan, d_features=not plain_3dgan)
+                    d_cond=not plain_3dgan, d_features=not plain_3dgan, d_moments=moments and not plain_3dgan)
     ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
     if fresh and (ck/'last.pt').exists(): (ck/'last.pt').unlink()
     tr = train_gan(sd, cfg, ck, max_steps=max_steps, minutes=minutes, ckpt_every=ckpt_every, seed=seed, progress=not quiet)
