@@ -344,6 +344,10 @@ class CaloDiT(nn.Module):
             if self.config.layer_model and rescale:     # each layer to its stage-1 energy
                 L, s = self.layer_tf.inverse(c[:, 4:]), e.sum((2, 3))
                 e = e*torch.where(s > 0, L/s.clamp(min=1e-30), torch.zeros_like(s))[:, :, None, None]
+                # a layer that stage 2 left empty and stage 1 did not: its energy goes to the layer's most likely cell (largest x)
+                miss = ((s <= 0) & (L > 0)).float()
+                top = F.one_hot(x.flatten(2).argmax(-1), e[0, 0].numel()).reshape(e.shape).float()
+                e = e + top*(L*miss)[:, :, None, None]
                 e = torch.where(e >= self.config.thr, e, torch.zeros_like(e))
             out.append(e)
         self.train(was)
@@ -574,9 +578,9 @@ def vml_train_dit(
     lr: float = 1e-3,          # Peak learning rate
     bs: int = 128,             # Batch size
     dim: int = 128,            # Token width
-    depth: int = 6,            # Transformer blocks
+    depth: int = 4,            # Transformer blocks
     heads: int = 4,            # Attention heads
-    patch: str = '5,4,9',      # Patch size (z, phi, r)
+    patch: str = '5,2,9',      # Patch size (z, phi, r): 90 cells per token (5,2,3: 30, finer and 3.5x slower)
     no_layers: bool = False,   # One stage: no layer-energy model (stage 1) before the shower
     electrons: int = 5000,     # Geant4 electrons (detector 0)
     photons: int = 3000,       # Geant4 photons with angles (detector 1)
