@@ -169,3 +169,16 @@ def test_ort_int8_dit_onnx_runs(tmp_path):
         model = onnx.load(v.info['onnx'])
         assert sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer) >= 8, m   # the GEMM weights
         assert rel_err(v(*fixed), f) < 0.05, m
+
+
+def test_calib_inputs_two_stage_dit():
+    "Calibration inputs of a two-stage DiT carry stage 1's layer energies (4 + 45 condition columns) and run through it."
+    from vallecorsa_ml.calo.diffusion import CaloDiT, DiTConfig, DiTGenerator
+    from vallecorsa_ml.quant.ptq import calib_inputs
+    torch.manual_seed(0)
+    D = DiTGenerator(CaloDiT(DiTConfig(dim=32, depth=1, heads=2, layer_model=True)), detector=1, steps=4).eval()
+    x, s, c = calib_inputs(D, [2e4, 5e4, 8e4], [1.8, 2.0, 2.1], [0.1, 0.2, 0.3], seed=0)
+    assert c.shape == (3, 49) and torch.equal(c[:, 3], torch.ones(3))
+    L = D.model.layer_tf.inverse(c[:, 4:])
+    assert torch.isfinite(L).all() and (L >= 0).all()
+    with torch.no_grad(): assert D(x, s, c).shape == x.shape
