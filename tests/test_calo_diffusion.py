@@ -38,6 +38,13 @@ def test_train_resume_generate_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     c2 = torch.load(ck, weights_only=False)
     assert all(torch.equal(c1['model'][k], c2['model'][k]) for k in c1['model'])
+    # stage 1 retrained alone, with the response coordinate: stage 2 (the EMA weights) kept, written back to the checkpoint
+    r = _run(BIN/'vml-train-dit', '--stage1-only', '--minutes', 0.05, *common)
+    assert r.returncode == 0, r.stderr
+    c3 = torch.load(ck, weights_only=False)
+    assert c3['config']['layer_total'] and c3['meta']['stage1_steps'] > 0 and c3['opt'] is None
+    assert all(torch.equal(c2['ema'][k], c3['model'][k]) for k in c2['ema']
+               if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max')
     out = tmp_path/'gen.h5'
     gen = lambda o, *a: _run(BIN/'vml-generate', '--checkpoint', ck, '--out', o, *a)
     r = gen(out, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'g4_photons')

@@ -23,10 +23,10 @@ from ..core import *
 # %% auto #0
 __all__ = ['DETECTORS', 'N_DETECTORS', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
            'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'LayerTransform', 'layer_energies',
-           'LayerEnergyNet', 'CaloDiT', 'heun_sample', 'detector_id', 'DiTDataset', 'dit_dataset', 'EDMLoss',
-           'ReseedCallback', 'EMACallback', 'CheckpointCallback', 'TimeLimitCallback', 'dit_learner', 'load_dit',
-           'train_dit', 'training_parts', 'vml_train_dit', 'with_reference_layers', 'DiTGenerator',
-           'load_dit_checkpoint', 'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
+           'ResponseTransform', 'LayerEnergyNet', 'CaloDiT', 'heun_sample', 'detector_id', 'DiTDataset', 'dit_dataset',
+           'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback', 'TimeLimitCallback', 'dit_learner',
+           'load_dit', 'train_dit', 'training_parts', 'retrain_stage1', 'vml_train_dit', 'with_reference_layers',
+           'DiTGenerator', 'load_dit_checkpoint', 'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -139,6 +139,7 @@ class DiTConfig:
     thr: float = 5e-4               # MeV, cell threshold (0.5 keV, the CaloChallenge readout threshold)
     delta: float = 1e-4             # MeV, log offset
     layer_model: bool = False       # two stages: layer energies first (an MLP diffusion), then the shower given them
+    layer_total: bool = False       # stage 1 also diffuses the response log(ΣL/E), standardised per detector, and the layers are scaled to it
     layer_width: int = 256
     layer_depth: int = 4
     def __post_init__(self):
@@ -180,6 +181,24 @@ class LayerTransform(nn.Module):
 def layer_energies(showers: torch.Tensor, thr: float) -> torch.Tensor:
     "Energy per z layer (N, Z) in MeV of showers (N, Z, P, R), counting cells ≥ `thr` only (what the readout keeps)."
     return torch.where(showers >= thr, showers, torch.zeros_like(showers)).sum((2, 3))
+
+class ResponseTransform(nn.Module):
+    "Total deposit ↔ the response standardised per detector: `u = (log((T + delta)/E) − mean_d)/std_d` (narrow: a few % wide, so standardised per detector)."
+    def __init__(self, n_detectors: int, delta: float = 1e-4):
+        super().__init__()
+        self.delta = delta
+        self.register_buffer('mean', torch.zeros(n_detectors)); self.register_buffer('std', torch.ones(n_detectors))
+    def fit(self, T, cond) -> 'ResponseTransform':
+        "Per-detector mean/std from totals `T` (N,) MeV and packed conditions `cond` (N, ≥4)."
+        u, d = torch.log((T + self.delta)/(1e4*10**cond[:, 0].double())).float(), cond[:, 3].long()
+        for k in d.unique().tolist(): self.mean[k], self.std[k] = u[d == k].mean(), u[d == k].std().clamp(min=1e-3)
+        return self
+    def forward(self, T, cond):
+        d = cond[:, 3].long()
+        return ((torch.log((T + self.delta)/(1e4*10**cond[:, 0].double())).float() - self.mean[d])/self.std[d])
+    def inverse(self, u, cond):
+        d = cond[:, 3].long()
+        return ((1e4*10**cond[:, 0].double())*torch.exp((u*self.std[d] + self.mean[d]).double())).float() - self.delta
 
 class LayerEnergyNet(nn.Module):
     "Stage 1: EDM denoiser `D(v; σ, cond)` of the standardised layer energies `v` (B, Z) — a residual MLP with the conditions added in every block."
@@ -229,10 +248,25 @@ class CaloDiT(nn.Module):
         self.register_buffer('y_max', torch.full((cfg.n_detectors, Z, R), math.inf))
         if cfg.layer_model:      # stage 1 (layer energies) and the stage-2 inputs that carry them into the DiT
             self.layer_tf = LayerTransform(Z, cfg.thr, cfg.delta)
-            self.layer_net = LayerEnergyNet(Z, cfg.layer_width, cfg.layer_depth, cfg.n_detectors, cfg.sigma_data)
+            if cfg.layer_total: self.total_tf = ResponseTransform(cfg.n_detectors, cfg.delta)
+            n1 = Z + cfg.layer_total                  # stage-1 vector: standardised log layer energies [+ log total]
+            self.layer_net = LayerEnergyNet(n1, cfg.layer_width, cfg.layer_depth, cfg.n_detectors, cfg.sigma_data)
             self.layer_tok = nn.Linear(pz, d)        # a token's own layers → its embedding
             self.layer_c = nn.Linear(Z, d)           # all layers → the adaLN condition
-            self.register_buffer('v_max', torch.full((cfg.n_detectors, Z), math.inf))
+            self.register_buffer('v_max', torch.full((cfg.n_detectors, n1), math.inf))
+    def stage1_vector(self, L: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        "Layer energies (N, Z) MeV and packed conditions → stage 1's vector: standardised log layer energies [+ standardised response]."
+        v = self.layer_tf(L)
+        return torch.cat([v, self.total_tf(L.sum(1), cond)[:, None]], 1) if self.config.layer_total else v
+    def stage1_energies(self, v: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        "Stage 1's vector → layer energies (N, Z) MeV; with `layer_total`, scaled so that they sum to the sampled total."
+        Z = self.config.shape[0]
+        L = self.layer_tf.inverse(v[:, :Z])
+        if self.config.layer_total:
+            T, s = self.total_tf.inverse(v[:, Z], cond)[:, None], L.sum(1, keepdim=True)
+            L = torch.where(s > 0, L*T/s.clamp(min=1e-30), L)
+            L = torch.where(L >= self.config.thr, L, torch.zeros_like(L))
+        return L
     @property
     def n_cond(self) -> int:
         "Columns of `cond` that `forward` takes: 4, plus one standardised energy per layer for a two-stage model."
@@ -297,7 +331,7 @@ class CaloDiT(nn.Module):
         x = torch.randn(batch, *self.config.shape, generator=g)
         sigma = torch.linspace(0.05, 5.0, batch)
         cond = make_conditions(np.geomspace(1e4, 1e5, batch), np.linspace(1.2, 2.0, batch), 0.2, 1)
-        if self.config.layer_model: cond = torch.cat([cond, torch.randn(batch, self.config.shape[0], generator=g)], 1)
+        if self.config.layer_model: cond = torch.cat([cond, torch.randn(batch, self.config.shape[0], generator=g)], 1)   # 4 + Z: the DiT's inputs
         return x, sigma, cond
 
     @torch.no_grad()
@@ -307,12 +341,12 @@ class CaloDiT(nn.Module):
         g = generator or torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
         Z = self.config.shape[0]
         sig = karras_sigmas(int(steps), self.config.sigma_min, self.config.sigma_max, self.config.rho)
-        v = torch.randn(len(cond), Z, generator=g)*sig[0]
-        lo = self.layer_tf(torch.zeros(Z))[None]
+        v = torch.randn(len(cond), self.v_max.shape[1], generator=g)*sig[0]
+        lo = self.stage1_vector(torch.zeros(len(cond), Z), cond)
         was = self.training; self.eval()
         v = heun_sample(self.layer_net, v, cond, sig, clip=(lo, torch.maximum(self.v_max[cond[:, 3].long()], lo)))
         self.train(was)
-        return torch.cat([cond, self.layer_tf(self.layer_tf.inverse(v))], 1)    # snapped: empty layers exactly at the empty level
+        return torch.cat([cond[:, :4], self.layer_tf(self.stage1_energies(v, cond))], 1)    # snapped: empty layers exactly at the empty level
 
     @torch.no_grad()
     def sample(self, energies_MeV, thetas=None, phis=None, detector=0, seed: int | None = None, steps: int = 12,
@@ -394,14 +428,14 @@ class DiTDataset(torch.utils.data.Dataset):
     def __len__(self): return len(self.y)
     def __getitem__(self, i): return self.y[i], self.cond[i], torch.zeros(())   # dummy target: fastai records losses only with one
 
-def dit_dataset(parts: Sequence[tuple], transform: CellTransform, layer_tf: LayerTransform | None = None) -> DiTDataset:
-    "Dataset from `[(ShowerData, detector), ...]`, cells through `transform` (already fitted); with `layer_tf`, the standardised layer energies are appended to the conditions."
+def dit_dataset(parts: Sequence[tuple], transform: CellTransform, stage1=None) -> DiTDataset:
+    "Dataset from `[(ShowerData, detector), ...]`, cells through `transform` (already fitted); `stage1` (layer energies (N, Z) MeV, conditions → vector, e.g. `CaloDiT.stage1_vector`) appends stage 1's vector to the conditions."
     ys, cs = [], []
     for data, det in parts:
         e = torch.as_tensor(data.showers, dtype=torch.float32)
         ys.append(transform(e))
         c = make_conditions(data.energies, data.theta, data.phi, detector_id(det))
-        cs.append(c if layer_tf is None else torch.cat([c, layer_tf(layer_energies(e, transform.thr))], 1))
+        cs.append(c if stage1 is None else torch.cat([c, stage1(layer_energies(e, transform.thr), c)], 1))
     return DiTDataset(torch.cat(ys), torch.cat(cs))
 
 # %% ../../nbs/16_calo.diffusion.ipynb #131ec472
@@ -418,11 +452,11 @@ class EDMLoss(nn.Module):
         sigma = torch.exp(torch.randn(len(y), device=y.device)*self.P_std + self.P_mean)
         noisy = y + torch.randn_like(y)*sigma[:, None, None, None]
         with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            D = self.model(noisy, sigma, cond)
+            D = self.model(noisy, sigma, cond[:, :self.model.n_cond])
         w = (sigma**2 + sd**2)/(sigma*sd)**2
         loss = w*((D.float() - y)**2).mean((1, 2, 3))
         if self.model.config.layer_model:        # stage 1: the same EDM objective on the layer-energy vector
-            v = cond[:, 4:]
+            v = cond[:, 4:]                      # stage 1's vector (its first Z columns are also the DiT's layer inputs)
             sl = torch.exp(torch.randn(len(v), device=v.device)*self.P_std + self.P_mean)
             Dl = self.model.layer_net(v + torch.randn_like(v)*sl[:, None], sl, cond[:, :4])
             loss = loss + (sl**2 + sd**2)/(sl*sd)**2*((Dl - v)**2).mean(1)
@@ -529,8 +563,14 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
     else:
         e = torch.cat([torch.as_tensor(d.showers[:2000]) for d, _ in parts])
         model.transform.fit(e)
-        if model.config.layer_model: model.layer_tf.fit(layer_energies(e, model.transform.thr))
-    lt = model.layer_tf if model.config.layer_model else None
+        if model.config.layer_model:
+            Le = layer_energies(e, model.transform.thr)
+            model.layer_tf.fit(Le)
+            if model.config.layer_total:
+                cut = lambda v: None if v is None else v[:2000]
+                ce = torch.cat([make_conditions(cut(d.energies), cut(d.theta), cut(d.phi), detector_id(det)) for d, det in parts])
+                model.total_tf.fit(Le.sum(1), ce)
+    lt = model.stage1_vector if model.config.layer_model else None
     tr = dit_dataset(parts, model.transform, lt)
     if ck is None: model.fit_range(tr.y, tr.cond)
     va = dit_dataset(valid_parts, model.transform, lt) if valid_parts else None
@@ -538,7 +578,8 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
                         meta=dict(epochs=epochs, lr=lr))
     if ck is not None:
         model.load_state_dict(ck['model'])
-        learn.create_opt(); learn.opt.load_state_dict(ck['opt'])
+        learn.create_opt()
+        if ck.get('opt') is not None: learn.opt.load_state_dict(ck['opt'])   # None after a stage-1-only retraining
         e = _ema_cb(learn); e.shadow, e.n = {k: v.to(device) for k, v in ck["ema"].items()}, ck["ema_n"]
     cbs = ([TimeLimitCallback(minutes)] if minutes else []) + list(cbs or [])
     if start < epochs: learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
@@ -563,6 +604,44 @@ def training_parts(n_electrons: int = 5000, n_photons: int = 3000, n_pbwo4: int 
         parts.append((simulate(Eg, 'gamma', 'ds2', th, ph, detector='pbwo4', seed=seed + 12, progress=False), 'pbwo4_photons'))
     return parts
 
+def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5, total: bool = True, bs: int = 256,
+                   lr: float = 1e-3, seed: int = 0, max_steps: int | None = None, ema_decay: float = 0.999,
+                   progress: bool = True) -> CaloDiT:
+    "Copy of a two-stage `model` with stage 1 trained anew and alone on the layer energies of `parts` (cosine LR over `minutes` or `max_steps`, EMA); `total` adds the response coordinate."
+    import copy
+    from dataclasses import replace
+    if not model.config.layer_model: raise VMLInputError("not a two-stage model (layer_model=False)", field='model')
+    if max_steps is None and not (minutes and minutes > 0): raise VMLInputError("give minutes > 0 or max_steps", field='minutes')
+    m = CaloDiT(replace(model.config, layer_total=total))
+    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max'}
+    m.load_state_dict(keep, strict=False)
+    seed_everything(seed)
+    L = torch.cat([layer_energies(torch.as_tensor(d.showers, dtype=torch.float32), m.config.thr) for d, _ in parts])
+    c = torch.cat([make_conditions(d.energies, d.theta, d.phi, detector_id(det)) for d, det in parts])
+    if total: m.total_tf.fit(L.sum(1), c)
+    v = m.stage1_vector(L, c)
+    det = c[:, 3].long()
+    for d in det.unique().tolist(): m.v_max[d] = v[det == d].amax(0) + 0.1        # stage 1's clip range, as fit_range
+    net, g = m.layer_net.train(), torch.Generator().manual_seed(seed)
+    ema, opt = copy.deepcopy(net), torch.optim.Adam(net.parameters(), lr)
+    t0, step, total_steps = time.time(), 0, max_steps or 0
+    while (step < max_steps) if max_steps else (time.time() - t0 < 60*minutes):
+        idx = torch.randint(0, len(v), (bs,), generator=g)
+        vb, cb = v[idx], c[idx]
+        sl = torch.exp(torch.randn(bs, generator=g)*1.2 - 1.2)
+        D = net(vb + torch.randn(vb.shape, generator=g)*sl[:, None], sl, cb)
+        loss = ((sl**2 + 1)/sl**2*((D - vb)**2).mean(1)).mean()
+        frac = step/max_steps if max_steps else (time.time() - t0)/(60*minutes)
+        for pg in opt.param_groups: pg['lr'] = lr*0.5*(1 + math.cos(math.pi*min(frac, 1.0)))
+        opt.zero_grad(); loss.backward(); opt.step(); step += 1
+        with torch.no_grad():
+            d = min(ema_decay, (1 + step)/(10 + step))
+            for pe, p in zip(ema.parameters(), net.parameters()): pe.mul_(d).add_(p.detach(), alpha=1 - d)
+        if progress and step % 2000 == 0: print(f"stage 1: step {step}, loss {loss.item():.3f}, {time.time() - t0:.0f} s", flush=True)
+    net.load_state_dict(ema.state_dict())
+    m.stage1_steps = step
+    return m.eval()
+
 def _ints(s, n, name):
     try: v = tuple(int(x) for x in str(s).split(','))
     except ValueError: raise VMLInputError(f"expected {n} comma-separated integers, got {s!r}", field=name) from None
@@ -582,6 +661,8 @@ def vml_train_dit(
     heads: int = 4,            # Attention heads
     patch: str = '5,2,9',      # Patch size (z, phi, r): 90 cells per token (5,2,3: 30, finer and 3.5x slower)
     no_layers: bool = False,   # One stage: no layer-energy model (stage 1) before the shower
+    no_total: bool = False,    # Stage 1 without its response (total-energy) coordinate
+    stage1_only: bool = False, # Retrain only stage 1 of the model in --ckpt for --minutes (default 3.5), written back to --ckpt
     electrons: int = 5000,     # Geant4 electrons (detector 0)
     photons: int = 3000,       # Geant4 photons with angles (detector 1)
     pbwo4: int = 2000,         # Simulated PbWO4 showers per particle (detectors 2, 3)
@@ -603,7 +684,19 @@ def vml_train_dit(
     if lr <= 0: raise VMLInputError("must be > 0", field='lr')
     path = Path(ckpt) if ckpt else cache_dir('calo', 'dit')/'dit.pth'
     if resume and not path.exists(): raise VMLInputError("nothing to resume: checkpoint not found", file=path)
-    cfg = DiTConfig(dim=dim, depth=depth, heads=heads, patch=_ints(patch, 3, 'patch'), layer_model=not no_layers)
+    if stage1_only:
+        if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
+        ck = torch.load(path, map_location='cpu', weights_only=False)
+        parts = training_parts(electrons, photons, pbwo4, seed, shipped)
+        with Timer() as t:
+            m = retrain_stage1(load_dit(path), parts, minutes or 3.5, total=not no_total, seed=seed, progress=not quiet)
+        sd = m.state_dict()
+        ck.update(config=asdict(m.config), model=sd, ema=sd, opt=None,
+                  meta=dict(ck.get('meta', {}), stage1_minutes=round(t.seconds/60, 2), stage1_steps=m.stage1_steps))
+        with atomic_write(path) as tmp: torch.save(ck, tmp)
+        print(f"{path}: stage 1 retrained, {m.stage1_steps} steps in {t.seconds/60:.1f} min", flush=True)
+        return path
+    cfg = DiTConfig(dim=dim, depth=depth, heads=heads, patch=_ints(patch, 3, 'patch'), layer_model=not no_layers, layer_total=not (no_layers or no_total))
     parts = training_parts(electrons, photons, pbwo4, seed, shipped)
     print('training on', ', '.join(f"{n}: {len(d)}" for d, n in parts), flush=True)
     with Timer() as t:
@@ -659,7 +752,8 @@ class LayerDenoiser(nn.Module):
     def forward(self, x, sigma, cond): return self.dit.layer_net(x, sigma, cond)
     def example_inputs(self, batch: int = 2) -> tuple:
         x, sigma, cond = self.dit.example_inputs(batch)
-        return cond[:, 4:]*sigma[:, None], sigma, cond[:, :4]
+        v = torch.randn(batch, self.dit.v_max.shape[1], generator=torch.Generator().manual_seed(1))
+        return v*sigma[:, None], sigma, cond[:, :4]
 
 def _onnx_part(model, part):
     if part == 'shower': return model
