@@ -612,10 +612,10 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
     from dataclasses import replace
     if not model.config.layer_model: raise VMLInputError("not a two-stage model (layer_model=False)", field='model')
     if max_steps is None and not (minutes and minutes > 0): raise VMLInputError("give minutes > 0 or max_steps", field='minutes')
+    seed_everything(seed)                              # the new stage 1's initialisation depends on the seed only
     m = CaloDiT(replace(model.config, layer_total=total))
     keep = {k: v for k, v in model.state_dict().items() if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max'}
     m.load_state_dict(keep, strict=False)
-    seed_everything(seed)
     L = torch.cat([layer_energies(torch.as_tensor(d.showers, dtype=torch.float32), m.config.thr) for d, _ in parts])
     c = torch.cat([make_conditions(d.energies, d.theta, d.phi, detector_id(det)) for d, det in parts])
     if total: m.total_tf.fit(L.sum(1), c)
@@ -624,7 +624,7 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
     for d in det.unique().tolist(): m.v_max[d] = v[det == d].amax(0) + 0.1        # stage 1's clip range, as fit_range
     net, g = m.layer_net.train(), torch.Generator().manual_seed(seed)
     ema, opt = copy.deepcopy(net), torch.optim.Adam(net.parameters(), lr)
-    t0, step, total_steps = time.time(), 0, max_steps or 0
+    t0, step = time.time(), 0
     while (step < max_steps) if max_steps else (time.time() - t0 < 60*minutes):
         idx = torch.randint(0, len(v), (bs,), generator=g)
         vb, cb = v[idx], c[idx]
@@ -744,7 +744,7 @@ def load_dit_checkpoint(ck: dict, detector=None, steps: int | None = None, raw: 
 
 # %% ../../nbs/16_calo.diffusion.ipynb #fa2144fd
 class LayerDenoiser(nn.Module):
-    "Stage 1 of a two-stage `CaloDiT` as a module of its own: `forward(x, sigma, cond)` denoises the standardised layer energies (B, Z) given cond (B, 4)."
+    "Stage 1 of a two-stage `CaloDiT` as a module of its own: `forward(x, sigma, cond)` denoises stage 1's vector (B, Z, or Z + 1 with the response) given cond (B, 4)."
     def __init__(self, dit: CaloDiT):
         super().__init__()
         if not dit.config.layer_model: raise VMLInputError("this model has no layer-energy stage", field='part')
