@@ -24,9 +24,10 @@ from ..core import *
 __all__ = ['DETECTORS', 'N_DETECTORS', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
            'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'LayerTransform', 'layer_energies',
            'ResponseTransform', 'LayerEnergyNet', 'CaloDiT', 'heun_sample', 'detector_id', 'DiTDataset', 'dit_dataset',
-           'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback', 'TimeLimitCallback', 'dit_learner',
-           'load_dit', 'train_dit', 'training_parts', 'retrain_stage1', 'vml_train_dit', 'with_reference_layers',
-           'DiTGenerator', 'load_dit_checkpoint', 'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
+           'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback', 'TimeLimitCallback',
+           'dit_learner', 'load_dit', 'train_dit', 'training_parts', 'retrain_stage1', 'vml_train_dit',
+           'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint', 'LayerDenoiser', 'export_dit_onnx',
+           'dit_onnx_parity']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -439,6 +440,13 @@ def dit_dataset(parts: Sequence[tuple], transform: CellTransform, stage1=None) -
     return DiTDataset(torch.cat(ys), torch.cat(cs))
 
 # %% ../../nbs/16_calo.diffusion.ipynb #131ec472
+def stage1_edm_loss(net: nn.Module, v: torch.Tensor, cond: torch.Tensor, P_mean: float = -1.2, P_std: float = 1.2,
+                    sigma_data: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    "Per-sample EDM loss of the stage-1 denoiser `net` on vectors `v` (B, n) given packed conditions (log-normal σ, EDM weighting)."
+    sl = torch.exp(torch.randn(len(v), generator=generator, device=v.device)*P_std + P_mean)
+    D = net(v + torch.randn(v.shape, generator=generator, device=v.device)*sl[:, None], sl, cond[:, :4])
+    return (sl**2 + sigma_data**2)/(sl*sigma_data)**2*((D - v)**2).mean(1)
+
 class EDMLoss(nn.Module):
     "Training wrapper: `forward(y, cond)` → per-sample EDM loss of `model` (φ-mirror augmentation, optional bf16 autocast; runs on the device of `y`); a two-stage model adds the stage-1 loss on the layer energies."
     def __init__(self, model: CaloDiT, P_mean: float = -1.2, P_std: float = 1.2, mirror_phi: bool = True, bf16: bool = False):
@@ -456,10 +464,8 @@ class EDMLoss(nn.Module):
         w = (sigma**2 + sd**2)/(sigma*sd)**2
         loss = w*((D.float() - y)**2).mean((1, 2, 3))
         if self.model.config.layer_model:        # stage 1: the same EDM objective on the layer-energy vector
-            v = cond[:, 4:]                      # stage 1's vector (its first Z columns are also the DiT's layer inputs)
-            sl = torch.exp(torch.randn(len(v), device=v.device)*self.P_std + self.P_mean)
-            Dl = self.model.layer_net(v + torch.randn_like(v)*sl[:, None], sl, cond[:, :4])
-            loss = loss + (sl**2 + sd**2)/(sl*sd)**2*((Dl - v)**2).mean(1)
+            # stage 1's vector: cond[:, 4:] (its first Z columns are also the DiT's layer inputs)
+            loss = loss + stage1_edm_loss(self.model.layer_net, cond[:, 4:], cond, self.P_mean, self.P_std, sd)
         return loss
 
 def _mean_loss(pred, *args): return pred.mean()
@@ -627,10 +633,7 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
     t0, step = time.time(), 0
     while (step < max_steps) if max_steps else (time.time() - t0 < 60*minutes):
         idx = torch.randint(0, len(v), (bs,), generator=g)
-        vb, cb = v[idx], c[idx]
-        sl = torch.exp(torch.randn(bs, generator=g)*1.2 - 1.2)
-        D = net(vb + torch.randn(vb.shape, generator=g)*sl[:, None], sl, cb)
-        loss = ((sl**2 + 1)/sl**2*((D - vb)**2).mean(1)).mean()
+        loss = stage1_edm_loss(net, v[idx], c[idx], sigma_data=m.config.sigma_data, generator=g).mean()
         frac = step/max_steps if max_steps else (time.time() - t0)/(60*minutes)
         for pg in opt.param_groups: pg['lr'] = lr*0.5*(1 + math.cos(math.pi*min(frac, 1.0)))
         opt.zero_grad(); loss.backward(); opt.step(); step += 1
