@@ -61,6 +61,7 @@ class GANConfig:
     d_cond: bool = True                 # real/fake head sees the conditions
     d_features: bool = True             # discriminator sees profiles, total and minibatch std
     d_moments: bool = False             # ... and per-layer centres and widths in x and y (the lateral cls-high features)
+    cell_noise: bool = False            # per-cell noise: u = relu(mean + template + σ·ε), ε ~ N(0, 1) per cell (part of z), σ from G
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple = (0.5, 0.999)
@@ -86,6 +87,10 @@ class GANConfig:
     def n_cond(self) -> int: return len(self.conds)
     @property
     def n_cond_feats(self) -> int: return 1 + ('theta' in self.conds) + 2*('phi' in self.conds)
+    @property
+    def z_dim(self) -> int:
+        "Length of the generator's noise input `z`: the latent, plus one ε per cell with `cell_noise`."
+        return self.latent + (self.mesh.n_cells if self.cell_noise else 0)
 
 # %% ../../nbs/15_calo.gan.ipynb #49850563
 def norm_cond(cond: torch.Tensor, cfg: GANConfig) -> torch.Tensor:
@@ -160,19 +165,27 @@ class Generator(nn.Module):
             co = ch(co)
             if up != (1, 1, 1): layers.append(nn.Upsample(scale_factor=tuple(float(u) for u in up), mode='nearest'))
             layers += [PadConv3d(c, co, k, circular_dim=self.circ), nn.LeakyReLU(0.2), nn.BatchNorm3d(co)]; c = co
-        layers.append(PadConv3d(c, 1, plan['final'], circular_dim=self.circ))
+        layers.append(PadConv3d(c, 2 if cfg.cell_noise else 1, plan['final'], circular_dim=self.circ))
         with torch.no_grad(): layers[-1].conv.weight.mul_(0.1); layers[-1].conv.bias.zero_()
         self.body = nn.Sequential(*layers)
         self.c0 = c0
         # learnable template added before the last ReLU (initialised to the mean training shower in u by the trainer)
         self.template = nn.Parameter(torch.zeros(self.shape))
+        # with cell_noise: log σ per cell = this learnable map + the generator's second output channel
+        self.noise_logscale = nn.Parameter(torch.full(self.shape, -3.0)) if cfg.cell_noise else None
         self.register_buffer('threshold', torch.tensor(float(cfg.threshold)))
     def forward_u(self, z, cond):
         "Transformed cells u (B, *shape) from noise and physical conditions (the training path)."
-        h = self.fc(torch.cat([z, norm_cond(cond, self.cfg)], 1))
+        cfg = self.cfg
+        if z.ndim != 2 or z.shape[1] != cfg.z_dim: raise VMLInputError(f"z must be (B, {cfg.z_dim}), got {tuple(z.shape)}", field='z')
+        h = self.fc(torch.cat([z[:, :cfg.latent], norm_cond(cond, cfg)], 1))
         h = F.leaky_relu(h, 0.2).view(z.shape[0], self.c0, *self.grid)
-        u = _center_crop(self.body(h), self.shape, self.circ)[:, 0]
-        return F.relu(u + self.template)
+        out = _center_crop(self.body(h), self.shape, self.circ)
+        u = out[:, 0] + self.template
+        if cfg.cell_noise:
+            eps = z[:, cfg.latent:].reshape(z.shape[0], *self.shape)
+            u = u + torch.exp((out[:, 1] + self.noise_logscale).clamp(max=3.0))*eps
+        return F.relu(u)
     def forward(self, z, cond):
         "Showers in MeV (B, *shape); cells below the calibrated `threshold` are zero."
         x = from_u(self.forward_u(z, cond), cond[:, 0], self.cfg)
@@ -180,7 +193,7 @@ class Generator(nn.Module):
     def example_inputs(self, batch: int = 2, seed: int = 0):
         "`(z, cond)` for export and benchmarks: noise and conditions log-uniform in the trained range (θ=π/2, φ=0)."
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(batch, self.cfg.latent, generator=g)
+        z = torch.randn(batch, self.cfg.z_dim, generator=g)
         le = math.log(self.cfg.e_min) + torch.rand(batch, 1, generator=g)*(math.log(self.cfg.e_max) - math.log(self.cfg.e_min))
         cols = [le.exp()] + ([torch.full((batch, 1), math.pi/2)] if 'theta' in self.cfg.conds else []) \
                + ([torch.zeros(batch, 1)] if 'phi' in self.cfg.conds else [])
@@ -193,7 +206,7 @@ class Generator(nn.Module):
         with torch.no_grad():
             for i in range(0, len(cond), batch_size):
                 c = cond[i:i+batch_size]
-                out.append(self(torch.randn(len(c), self.cfg.latent, generator=g), c))
+                out.append(self(torch.randn(len(c), self.cfg.z_dim, generator=g), c))
         self.train(was)
         x = torch.cat(out) if out else torch.zeros(0, *self.shape)
         if as_tensor: return x
@@ -423,12 +436,12 @@ class GANTrainer:
         cfg, t0 = self.cfg, time.perf_counter()
         torch.manual_seed(_step_seed(self.seed, self.step))
         ac = lambda: torch.autocast('cpu', dtype=torch.bfloat16, enabled=cfg.bf16)
-        z = torch.randn(len(u), cfg.latent)
+        z = torch.randn(len(u), cfg.z_dim)
         with ac(): ld, pd = gan_losses(self.G, self.D, u, cond, z, cfg, 'd')
         self.opt_d.zero_grad(set_to_none=True); ld.backward(); self.opt_d.step()
         self.D.requires_grad_(False)
         for _ in range(cfg.g_steps):
-            z = torch.randn(len(u), cfg.latent)
+            z = torch.randn(len(u), cfg.z_dim)
             with ac(): lg, pg = gan_losses(self.G, self.D, u, cond, z, cfg, 'g')
             self.opt_g.zero_grad(set_to_none=True); lg.backward(); self.opt_g.step()
         self.D.requires_grad_(True)
@@ -446,7 +459,7 @@ class GANTrainer:
         c = self.cond[idx]
         self.G_ema.threshold.fill_(0.)
         with torch.no_grad():
-            x = self.G_ema(torch.randn(len(c), self.cfg.latent, generator=torch.Generator().manual_seed(1)), c)
+            x = self.G_ema(torch.randn(len(c), self.cfg.z_dim, generator=torch.Generator().manual_seed(1)), c)
         x = x.flatten().numpy()
         t = float(np.quantile(x, 1 - self.sparsity)) if (x > 0).mean() > self.sparsity else 0.0
         self.G_ema.threshold.fill_(t); self.cfg.threshold = t
@@ -546,7 +559,7 @@ def load_gan(ck: dict, raw: bool = False) -> Generator:
     if raw:
         G.load_state_dict(ck['G']); G.threshold.fill_(0.)
         cond = check_conditions(G.cfg, np.geomspace(G.cfg.e_min, G.cfg.e_max, 256))
-        with torch.no_grad(): x = G(torch.randn(len(cond), G.cfg.latent, generator=torch.Generator().manual_seed(1)), cond)
+        with torch.no_grad(): x = G(torch.randn(len(cond), G.cfg.z_dim, generator=torch.Generator().manual_seed(1)), cond)
         x, sp = x.flatten().numpy(), ck['sparsity']
         G.threshold.fill_(float(np.quantile(x, 1 - sp)) if (x > 0).mean() > sp else 0.0)
     G.step = ck.get('step', 0)
@@ -595,6 +608,7 @@ def vml_train_gan(
     lr: float = 2e-4,            # Adam learning rate (both networks)
     plain_3dgan: bool = False,   # Switch off the conditional real/fake head and the physics features of D
     moments: bool = False,       # D also sees per-layer centres and widths (x, y) of the shower
+    cell_noise: bool = False,    # G adds learned-amplitude noise to every cell (sparse, scattered deposits)
     bf16: bool = False,          # bf16 autocast (measure first: slower than FP32 for 3D convs here)
     threads: int = None,         # torch threads (1 is fastest on a busy 2-core machine)
     fresh: bool = False,         # Ignore an existing checkpoint and start again
@@ -611,7 +625,7 @@ def vml_train_gan(
     sd = read_showers(path, geometry, start, stop)
     cfg = GANConfig(geometry=sd.geometry.name, conds=_parse_conds(conds), latent=latent, width=width, power=power,
                     batch_size=batch_size, g_steps=g_steps, lr_g=lr, lr_d=lr, bf16=bf16,
-                    d_cond=not plain_3dgan, d_features=not plain_3dgan, d_moments=moments and not plain_3dgan)
+                    d_cond=not plain_3dgan, d_features=not plain_3dgan, d_moments=moments and not plain_3dgan, cell_noise=cell_noise)
     ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
     if fresh and (ck/'last.pt').exists(): (ck/'last.pt').unlink()
     tr = train_gan(sd, cfg, ck, max_steps=max_steps, minutes=minutes, ckpt_every=ckpt_every, seed=seed, progress=not quiet)

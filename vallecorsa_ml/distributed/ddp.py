@@ -551,11 +551,11 @@ class Calo3DGANTask(TrainTask):
         u, cond = batch
         cfg, Gd, D = self.cfg, models['gen'], models['disc']
         G = types.SimpleNamespace(forward_u=lambda z, c: Gd(z, c))
-        ld, pd = self.gan.gan_losses(G, D, u, cond, ctx.noise(cfg.latent, salt=0), cfg, 'd')
+        ld, pd = self.gan.gan_losses(G, D, u, cond, ctx.noise(cfg.z_dim, salt=0), cfg, 'd')
         opts['disc'].zero_grad(set_to_none=True); ld.backward(); opts['disc'].step()
         Dp = unwrap(D); Dp.requires_grad_(False)
         for k in range(cfg.g_steps):
-            lg, pg = self.gan.gan_losses(G, Dp, u, cond, ctx.noise(cfg.latent, salt=1 + k), cfg, 'g')
+            lg, pg = self.gan.gan_losses(G, Dp, u, cond, ctx.noise(cfg.z_dim, salt=1 + k), cfg, 'g')
             opts['gen'].zero_grad(set_to_none=True); lg.backward(); opts['gen'].step()
         Dp.requires_grad_(True)
         return {'d_loss': float(ld.detach()), 'g_loss': float(lg.detach())}
@@ -563,7 +563,7 @@ class Calo3DGANTask(TrainTask):
     def metrics(self, models, valid):
         G = models['gen'].G.eval()
         _, cond = valid.tensors
-        z = torch.as_tensor(np.random.default_rng(1234).standard_normal((len(cond), self.cfg.latent)), dtype=torch.float32)
+        z = torch.as_tensor(np.random.default_rng(1234).standard_normal((len(cond), self.cfg.z_dim)), dtype=torch.float32)
         x = G(z, cond).double().numpy()
         G.train()
         return shower_metrics(x, valid.showers)

@@ -54,7 +54,7 @@ def calib_inputs(gen: nn.Module, energies_MeV, thetas=None, phis=None, seed: int
     from vallecorsa_ml.calo.gan import check_conditions
     cond = check_conditions(net.cfg, energies_MeV, thetas if 'theta' in net.cfg.conds else None,
                             phis if 'phi' in net.cfg.conds else None)
-    return torch.randn(len(cond), net.cfg.latent, generator=g), cond
+    return torch.randn(len(cond), net.cfg.z_dim, generator=g), cond
 
 def g4_conditions(n: int, kind: str = 'electrons', seed: int = 0) -> dict:
     "Incident energies [MeV] (and θ, φ) of `n` random real Geant4 showers (the shared files or the shipped sample)."
