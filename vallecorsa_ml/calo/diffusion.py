@@ -21,13 +21,13 @@ from fastcore.script import call_parse
 from ..core import *
 
 # %% auto #0
-__all__ = ['DETECTORS', 'N_DETECTORS', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
+__all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
            'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'LayerTransform', 'layer_energies',
-           'ResponseTransform', 'LayerEnergyNet', 'CaloDiT', 'heun_sample', 'detector_id', 'DiTDataset', 'dit_dataset',
-           'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback', 'TimeLimitCallback',
-           'dit_learner', 'load_dit', 'train_dit', 'training_parts', 'retrain_stage1', 'vml_train_dit',
-           'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint', 'LayerDenoiser', 'export_dit_onnx',
-           'dit_onnx_parity']
+           'ResponseTransform', 'LayerEnergyNet', 'CaloDiT', 'thr_bin', 'heun_sample', 'detector_id', 'DiTDataset',
+           'dit_dataset', 'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback',
+           'TimeLimitCallback', 'dit_learner', 'load_dit', 'train_dit', 'training_parts', 'retrain_stage1',
+           'calibrate_thresholds', 'vml_train_dit', 'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint',
+           'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -247,6 +247,8 @@ class CaloDiT(nn.Module):
         for m in (self.ada_out[1], self.out): nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
         # per detector, the largest transformed cell value seen in training at each (z, r) (φ-symmetric); +inf: unknown
         self.register_buffer('y_max', torch.full((cfg.n_detectors, Z, R), math.inf))
+        # per detector, energy bin (THR_EDGES) and (z, r): the calibrated cell threshold [MeV] (`calibrate_thresholds`); default: thr
+        self.register_buffer('cell_thr', torch.full((cfg.n_detectors, len(THR_EDGES) - 1, Z, R), cfg.thr))
         if cfg.layer_model:      # stage 1 (layer energies) and the stage-2 inputs that carry them into the DiT
             self.layer_tf = LayerTransform(Z, cfg.thr, cfg.delta)
             if cfg.layer_total: self.total_tf = ResponseTransform(cfg.n_detectors, cfg.delta)
@@ -283,6 +285,7 @@ class CaloDiT(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, **kw):
         "As `nn.Module.load_state_dict`; checkpoints written before `y_max` existed load with `y_max` = +inf."
         if 'y_max' not in state_dict: state_dict = dict(state_dict, y_max=torch.full_like(self.y_max, math.inf))
+        if 'cell_thr' not in state_dict: state_dict = dict(state_dict, cell_thr=torch.full_like(self.cell_thr, self.config.thr))
         if self.config.layer_model and 'v_max' not in state_dict: state_dict = dict(state_dict, v_max=torch.full_like(self.v_max, math.inf))
         return super().load_state_dict(state_dict, strict=strict, **kw)
 
@@ -376,6 +379,7 @@ class CaloDiT(nn.Module):
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
                 x = heun_sample(self, x, c, sig, clip=(lo, hi) if clip else None)
             e = self.transform.inverse(x.float())
+            e = torch.where(e >= self.cell_thr[c[:, 3].long(), thr_bin(c[:, 0])][:, :, None, :], e, torch.zeros_like(e))
             if self.config.layer_model and rescale:     # each layer to its stage-1 energy
                 L, s = self.layer_tf.inverse(c[:, 4:]), e.sum((2, 3))
                 e = e*torch.where(s > 0, L/s.clamp(min=1e-30), torch.zeros_like(s))[:, :, None, None]
@@ -395,6 +399,12 @@ class CaloDiT(nn.Module):
         c = cond[:, :4].numpy().astype(np.float64)
         return ShowerData(res.numpy(), 1e4*10**c[:, 0], c[:, 1] + math.pi/2, c[:, 2], geom,
                           dict(model='dit', detector=[int(v) for v in np.unique(c[:, 3])], steps=int(steps), seed=seed))
+
+THR_EDGES = (-1.0, -0.5, 0.0, 0.5, 1.0)     # energy bins of the calibrated cell thresholds, in log10(E/10 GeV): 1-3-10-30-100 GeV
+
+def thr_bin(le: torch.Tensor) -> torch.Tensor:
+    "Index of the `THR_EDGES` energy bin of packed `cond[:, 0]` = log10(E/10 GeV) (energies outside go to the end bins)."
+    return torch.bucketize(le.float().contiguous(), torch.tensor(THR_EDGES[1:-1])).long()
 
 def heun_sample(denoiser, x: torch.Tensor, cond: torch.Tensor, sigmas: torch.Tensor, clip: tuple | None = None) -> torch.Tensor:
     "EDM deterministic sampler (Karras et al. 2022, Alg. 1): Heun steps along `sigmas` (last step Euler); x starts at σ0; optional clipping `(lo, hi)` of the denoised estimate."
@@ -645,6 +655,46 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
     m.stage1_steps = step
     return m.eval()
 
+@torch.no_grad()
+def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, steps: int = 12, seed: int = 0,
+                         min_showers: int = 20) -> dict:
+    """Set `model.cell_thr` so that, per detector, energy bin and (z, r), the fraction of cells ≥ threshold in the
+    model's showers equals that of the training showers `parts` (first `n` of each part, same conditions). Only raises
+    thresholds (never below `thr`); bins without `min_showers` showers take the nearest calibrated bin. → {detector: showers}."""
+    Z, P, R = model.config.shape
+    nb, thr = len(THR_EDGES) - 1, model.config.thr
+    model.cell_thr.fill_(thr)
+    new, have = model.cell_thr.clone(), torch.zeros(model.config.n_detectors, nb, dtype=torch.bool)
+    groups = {}
+    for d, det in parts: groups.setdefault(detector_id(det), []).append(d)
+    used = {}
+    for k, ds in groups.items():
+        ref = torch.cat([torch.as_tensor(d.showers[:n], dtype=torch.float32).reshape(-1, Z, P, R) for d in ds])
+        cond = torch.cat([make_conditions(d.energies[:n], None if d.theta is None else d.theta[:n],
+                                          None if d.phi is None else d.phi[:n], k) for d in ds])
+        gen = model.sample(1e4*10**cond[:, 0].double().numpy(), (cond[:, 1] + math.pi/2).numpy(), cond[:, 2].numpy(),
+                           k, seed=seed, steps=steps, return_torch=True)
+        b = thr_bin(cond[:, 0])
+        for j in range(nb):
+            m = b == j
+            if int(m.sum()) < min_showers: continue
+            occ = (ref[m] >= thr).float().mean((0, 2))                            # (Z, R) occupancy of the training showers
+            g = gen[m].permute(1, 3, 0, 2).reshape(Z, R, -1)                      # the model's cells per (z, r)
+            s = g.sort(-1, descending=True).values
+            cnt = (occ*s.shape[-1]).round().long().clamp(0, s.shape[-1] - 1)     # cells to keep
+            hi = s.gather(-1, (cnt - 1).clamp(min=0)[..., None])[..., 0]          # smallest kept value
+            lo = s.gather(-1, cnt[..., None])[..., 0]                             # largest dropped value
+            t = torch.where(cnt > 0, (hi + lo)/2, s[..., 0]*1.0001 + 1e-12)
+            new[k, j] = torch.where((g >= thr).float().mean(-1) > occ, t.clamp(min=thr), torch.full_like(t, thr))
+            have[k, j] = True
+        used[k] = len(ref)
+    for k in used:                                     # uncalibrated energy bins: nearest calibrated one
+        ok = have[k].nonzero()[:, 0]
+        for j in range(nb):
+            if not have[k, j]: new[k, j] = new[k, ok[(ok - j).abs().argmin()]]
+    model.cell_thr.copy_(new)
+    return used
+
 def _ints(s, n, name):
     try: v = tuple(int(x) for x in str(s).split(','))
     except ValueError: raise VMLInputError(f"expected {n} comma-separated integers, got {s!r}", field=name) from None
@@ -666,6 +716,9 @@ def vml_train_dit(
     no_layers: bool = False,   # One stage: no layer-energy model (stage 1) before the shower
     no_total: bool = False,    # Stage 1 without its response (total-energy) coordinate
     stage1_only: bool = False, # Retrain only stage 1 of the model in --ckpt for --minutes (default 3.5), written back to --ckpt
+    calibrate: int = 250,      # After training: calibrate the cell thresholds on this many training showers per detector (0: off)
+    calibrate_steps: int = 16, # Heun steps of the calibration sampling (use the steps you will generate with)
+    calibrate_only: bool = False, # Only calibrate the cell thresholds of the model in --ckpt (written back to --ckpt)
     electrons: int = 5000,     # Geant4 electrons (detector 0)
     photons: int = 3000,       # Geant4 photons with angles (detector 1)
     pbwo4: int = 2000,         # Simulated PbWO4 showers per particle (detectors 2, 3)
@@ -687,6 +740,21 @@ def vml_train_dit(
     if lr <= 0: raise VMLInputError("must be > 0", field='lr')
     path = Path(ckpt) if ckpt else cache_dir('calo', 'dit')/'dit.pth'
     if resume and not path.exists(): raise VMLInputError("nothing to resume: checkpoint not found", file=path)
+    if calibrate < 0: raise VMLInputError("must be >= 0", field='calibrate')
+    if not 2 <= calibrate_steps <= 25: raise VMLInputError("must be in [2, 25]", field='calibrate_steps')
+    def _calibrate(parts):
+        "Calibrate the thresholds of the EMA weights in `path`, in place."
+        ck = torch.load(path, map_location='cpu', weights_only=False)
+        m = CaloDiT(DiTConfig(**ck['config'])); m.load_state_dict(ck['ema'] if ck.get('ema') is not None else ck['model'])
+        with Timer() as t: used = calibrate_thresholds(m.eval(), parts, n=calibrate, steps=calibrate_steps, seed=seed)
+        ck['ema' if ck.get('ema') is not None else 'model'] = m.state_dict()
+        ck['meta'] = dict(ck.get('meta', {}), calibrate_minutes=round(t.seconds/60, 2), calibrate_showers=used, calibrate_steps=calibrate_steps)
+        with atomic_write(path) as tmp: torch.save(ck, tmp)
+        print(f"{path}: cell thresholds calibrated on {sum(used.values())} showers ({calibrate_steps} steps) in {t.seconds/60:.1f} min", flush=True)
+    if calibrate_only:
+        if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
+        if calibrate < 1: raise VMLInputError("--calibrate-only needs --calibrate >= 1", field='calibrate')
+        _calibrate(training_parts(electrons, photons, pbwo4, seed, shipped)); return path
     if stage1_only:
         if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
         ck = torch.load(path, map_location='cpu', weights_only=False)
@@ -698,6 +766,7 @@ def vml_train_dit(
                   meta=dict(ck.get('meta', {}), stage1_minutes=round(t.seconds/60, 2), stage1_steps=m.stage1_steps))
         with atomic_write(path) as tmp: torch.save(ck, tmp)
         print(f"{path}: stage 1 retrained, {m.stage1_steps} steps in {t.seconds/60:.1f} min", flush=True)
+        if calibrate: _calibrate(parts)
         return path
     cfg = DiTConfig(dim=dim, depth=depth, heads=heads, patch=_ints(patch, 3, 'patch'), layer_model=not no_layers, layer_total=not (no_layers or no_total))
     parts = training_parts(electrons, photons, pbwo4, seed, shipped)
@@ -708,6 +777,7 @@ def vml_train_dit(
     ck = torch.load(path, weights_only=False) if path.exists() else {}
     print(f"{path}: epoch {ck.get('epoch', 0)}/{epochs}, {t.seconds/60:.1f} min, "
           f"{sum(p.numel() for p in model.parameters())/1e6:.2f} M parameters", flush=True)
+    if calibrate and path.exists(): _calibrate(parts)
     return path
 
 # %% ../../nbs/16_calo.diffusion.ipynb #bcc07a7f
