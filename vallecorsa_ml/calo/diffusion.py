@@ -837,7 +837,7 @@ def with_reference_layers(gen, ref):
 # %% ../../nbs/16_calo.diffusion.ipynb #cc40a304
 class DiTGenerator(nn.Module):
     "A trained `CaloDiT` with default sampling settings (detector, steps) — what `vml-generate` calls."
-    def __init__(self, model: CaloDiT, detector=1, steps: int = 12):
+    def __init__(self, model: CaloDiT, detector=1, steps: int = 16):
         super().__init__()
         self.model, self.detector, self.steps = model, detector, steps
     def forward(self, x, sigma, cond): return self.model(x, sigma, cond)
@@ -848,14 +848,14 @@ class DiTGenerator(nn.Module):
                                  self.steps if steps is None else steps, batch_size=min(batch_size, 250))
 
 def load_dit_checkpoint(ck: dict, detector=None, steps: int | None = None, raw: bool = False) -> DiTGenerator:
-    "`DiTGenerator` from a loaded checkpoint dict (EMA weights unless `raw`); detector defaults to Geant4 photons, steps to 12."
+    "`DiTGenerator` from a loaded checkpoint dict (EMA weights unless `raw`); detector defaults to Geant4 photons, steps to 16 (those of the recipe and its calibration)."
     m = CaloDiT(DiTConfig(**ck['config']))
     m.load_state_dict(ck['model'] if raw or ck.get('ema') is None else ck['ema'])
     det = 'g4_photons' if detector is None else detector
     if isinstance(det, str) and det.isdigit(): det = int(det)
     detector_id(det)                                   # unknown names fail here, with the list of known ones
     if steps is not None and not 2 <= int(steps) <= 25: raise VMLInputError("steps must be an integer in [2, 25]", field='steps')
-    return DiTGenerator(m.eval(), det, int(steps or 12)).eval()
+    return DiTGenerator(m.eval(), det, int(steps or 16)).eval()
 
 
 # %% ../../nbs/16_calo.diffusion.ipynb #fa2144fd

@@ -661,7 +661,7 @@ def vml_generate(
     threads: int = None,         # torch threads
     raw: bool = False,           # Use the last trained weights instead of their EMA
     detector: str = None,        # Diffusion transformer: detector id or name (default g4_photons)
-    steps: int = None,           # Diffusion transformer: Heun sampler steps, 2-25 (default 12)
+    steps: int = None,           # Diffusion transformer: Heun sampler steps, 2-25 (default 16)
 ):
     "Generate showers with a trained generator and write them as CaloChallenge HDF5."
     from vallecorsa_ml.calo.data import write_showers
