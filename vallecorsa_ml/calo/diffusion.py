@@ -310,15 +310,17 @@ class CaloDiT(nn.Module):
         pe = (self.pos_z[:, None, None] + self.pos_phi(self.token_phi)[None, :, None] + self.pos_r[None, None])
         return pe.reshape(-1, self.config.dim)
 
+    def add_layers(self, h: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> tuple:
+        "Two-stage model: add the standardised layer energies `v` (B, Z) to the tokens `h` (each its own layers) and to the adaLN condition `c`."
+        (tz, tp, tr), pz = self.grid, self.config.patch[0]
+        h = (h.reshape(-1, tz, tp*tr, h.shape[-1]) + self.layer_tok(v.reshape(-1, tz, pz))[:, :, None]).reshape(h.shape)
+        return h, c + self.layer_c(v)
+
     def net(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         "The raw network F: scaled noisy showers, noise embedding input and conditions → output in shower shape."
         c = self.t_mlp(timestep_embedding(c_noise*250., 256)) + self.c_mlp(_cond_feats(cond)) + self.det_emb(cond[:, 3].long())
         h = self.embed(self.patchify(x)) + self.pos_embedding()[None]
-        if self.config.layer_model:
-            v = cond[:, 4:]
-            c = c + self.layer_c(v)
-            (tz, tp, tr), pz = self.grid, self.config.patch[0]
-            h = (h.reshape(-1, tz, tp*tr, h.shape[-1]) + self.layer_tok(v.reshape(-1, tz, pz))[:, :, None]).reshape(h.shape)
+        if self.config.layer_model: h, c = self.add_layers(h, c, cond[:, 4:])
         for b in self.blocks: h = b(h, c)
         sh, sc = self.ada_out(c).chunk(2, -1)
         return self.unpatchify(self.out(_modulate(self.norm_out(h), sh, sc)))

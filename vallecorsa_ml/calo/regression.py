@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
 from ..core import *
-from .diffusion import CaloDiT, DiTConfig, load_dit_checkpoint, train_dit, timestep_embedding
+from .diffusion import CaloDiT, DiTConfig, load_dit_checkpoint, train_dit, timestep_embedding, layer_energies
 
 # %% auto #0
 __all__ = ['resolution_table', 'DiTRegressor', 'fit_regressor', 'predict']
@@ -52,6 +52,8 @@ class DiTRegressor(nn.Module):
         c = m.t_mlp(timestep_embedding(torch.log(sigma)/4*250., 256)) + m.c_mlp(feats) + m.det_emb(cond[:, 3].long())
         s = m.config.sigma_data
         h = m.embed(m.patchify(y/math.sqrt(m.config.sigma_min**2 + s**2))) + m.pos_embedding()[None]
+        if m.config.layer_model:     # a two-stage trunk also takes the layer energies: those of the shower itself
+            h, c = m.add_layers(h, c, m.layer_tf(layer_energies(showers_MeV, m.config.thr)))
         for b in m.blocks: h = b(h, c)
         return self.head(h.mean(1))
 
