@@ -363,10 +363,11 @@ class CaloDiT(nn.Module):
     @torch.no_grad()
     def sample(self, energies_MeV, thetas=None, phis=None, detector=0, seed: int | None = None, steps: int = 12,
                batch_size: int = 250, bf16: bool = False, return_torch: bool = False, clip: bool = True,
-               rescale: bool = True, layer_steps: int = 20):
+               rescale: bool = True, layer_steps: int = 20, readout: bool = True):
         """Generate showers for the given conditions with the deterministic Heun sampler → `ShowerData` (MeV; a tensor with `return_torch`).
         A two-stage model first samples the layer energies (`layer_steps` Heun steps of the small stage-1 net), generates
-        the shower given them, and with `rescale` scales each layer to its stage-1 energy."""
+        the shower given them, and with `rescale` scales each layer to its stage-1 energy. `readout=False` skips the
+        calibrated read-out (`calibrate_thresholds`): the raw cells of the sampler."""
         cond = make_conditions(energies_MeV, thetas, phis, detector)
         if cond[:, 3].max() >= self.config.n_detectors: raise VMLInputError("detector id beyond the model's detectors", field='detector')
         if not isinstance(steps, (int, np.integer)) or steps < 2 or steps > 25: raise VMLInputError("steps must be an integer in [2, 25]", field='steps')
@@ -388,8 +389,9 @@ class CaloDiT(nn.Module):
                 x = heun_sample(self, x, c, sig, clip=(lo, hi) if clip else None)
             e = self.transform.inverse(x.float())
             det, eb = c[:, 3].long(), thr_bin(c[:, 0])
-            e = torch.where(e >= self.cell_thr[det, eb][:, :, None, :], e, torch.zeros_like(e))
-            if self.map_on: e = cell_map(e, self.map_q[det, eb], self.map_r[det, eb])
+            if readout:
+                e = torch.where(e >= self.cell_thr[det, eb][:, :, None, :], e, torch.zeros_like(e))
+                if self.map_on: e = cell_map(e, self.map_q[det, eb], self.map_r[det, eb])
             if self.config.layer_model and rescale:     # each layer to its stage-1 energy
                 L, s = self.layer_tf.inverse(c[:, 4:]), e.sum((2, 3))
                 e = e*torch.where(s > 0, L/s.clamp(min=1e-30), torch.zeros_like(s))[:, :, None, None]
