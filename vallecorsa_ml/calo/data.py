@@ -16,9 +16,10 @@ from ..core import VMLInputError, atomic_write, shipped_data, shared_dir, seed_e
 from .geometry import CylMesh, CartMesh, get_geometry, infer_geometry, mesh_dict, DS2, CART25, CART51
 
 # %% auto #0
-__all__ = ['G4_FILES', 'G4_SHIPPED', 'ShowerData', 'concat_showers', 'read_showers', 'iter_showers', 'validate_file',
-           'write_showers', 'g4_path', 'load_g4', 'ShowerTransform', 'EincScale', 'LogTransform', 'PowerTransform',
-           'Compose', 'condition_vector', 'ShowerDataset', 'shower_dataloaders']
+__all__ = ['G4_FILES', 'G4_SHIPPED', 'READOUT_EDGES', 'MAP_KNOTS', 'ShowerData', 'concat_showers', 'read_showers', 'iter_showers',
+           'validate_file', 'write_showers', 'g4_path', 'load_g4', 'ShowerTransform', 'EincScale', 'LogTransform',
+           'PowerTransform', 'Compose', 'condition_vector', 'ShowerDataset', 'shower_dataloaders', 'energy_bin',
+           'readout_view', 'cell_map', 'apply_readout', 'fit_readout']
 
 # %% ../../nbs/11_calo.data.ipynb #140e4a0a
 @dataclass
@@ -351,3 +352,79 @@ def shower_dataloaders(data: ShowerData, bs: int = 64, valid_pct: float = 0.2, t
     nv = max(1, int(round(valid_pct*len(data))))
     tr, va = ShowerDataset(data[np.sort(idx[nv:])], transform, channel), ShowerDataset(data[np.sort(idx[:nv])], transform, channel)
     return DataLoaders.from_dsets(tr, va, bs=bs, **kwargs)
+
+# %% ../../nbs/11_calo.data.ipynb #fc4ccc9b
+READOUT_EDGES = (-1.0, -0.5, 0.0, 0.5, 1.0)    # energy bins of the read-out, log10(E/10 GeV): 1-3.16-10-31.6-100 GeV
+MAP_KNOTS = 33                                # knots of the cell-energy map (quantiles 0, 1/32, ..., 1)
+
+def energy_bin(E_MeV: torch.Tensor) -> torch.Tensor:
+    "Read-out energy bin (long) of incident energies [MeV]: 0..3 for the half decades of `READOUT_EDGES` (outside: the end bins)."
+    le = torch.log10(torch.as_tensor(E_MeV, dtype=torch.float32).reshape(-1)/1e4)
+    return (le[:, None] > torch.tensor(READOUT_EDGES[1:-1])).sum(1)
+
+def readout_view(x: torch.Tensor, geometry) -> torch.Tensor:
+    "Showers (N, *mesh.shape) → (N, A, S, C) with S the pooled symmetric axis: (z, φ, r) as is on a cylinder; (x, 1, y·z) on a Cartesian mesh."
+    g = get_geometry(geometry)
+    if isinstance(g, CylMesh): return x.reshape(len(x), *g.shape)
+    return x.reshape(len(x), g.shape[0], 1, -1)
+
+def cell_map(e: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Monotone piecewise-linear map of the log energy of every non-zero cell of `e` (B, A, S, C) [MeV], knots `q` → `r`
+    (B, A, C, K) per position, each increasing; beyond the last knot a shift, below the first the first value. Zeros
+    stay zero; where all knots are 0 (an uncalibrated position) the cell is unchanged."""
+    y = torch.log(e.clamp(min=1e-30)).permute(0, 1, 3, 2)                     # (B, A, C, S)
+    K = q.shape[-1]
+    i = (q[..., None, :] < y[..., None]).sum(-1).clamp(1, K - 1)               # = searchsorted(q, y), in ONNX-friendly ops
+    q0, q1, r0, r1 = (t.gather(-1, j) for t, j in ((q, i - 1), (q, i), (r, i - 1), (r, i)))
+    w = ((y - q0)/(q1 - q0).clamp(min=1e-12)).clamp(0, 1)
+    out = torch.where(y > q[..., -1:], y - q[..., -1:] + r[..., -1:], r0 + w*(r1 - r0))
+    out = torch.where((q[..., -1:] == 0) & (q[..., :1] == 0), y, out)
+    return torch.where(e > 0, torch.exp(out).permute(0, 1, 3, 2), torch.zeros_like(e))
+
+def apply_readout(e: torch.Tensor, bins: torch.Tensor, thr: torch.Tensor, q: torch.Tensor | None = None,
+                  r: torch.Tensor | None = None) -> torch.Tensor:
+    "Apply a read-out to showers `e` (B, A, S, C) in energy bins `bins` (B,): thresholds `thr` (n_bins, A, C), then the map `q` → `r` (n_bins, A, C, K) if given."
+    e = torch.where(e >= thr[bins][:, :, None, :], e, torch.zeros_like(e))
+    return e if q is None else cell_map(e, q[bins], r[bins])
+
+@torch.no_grad()
+def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, ref_bins: torch.Tensor, thr: float = 5e-4,
+                n_bins: int = len(READOUT_EDGES) - 1, min_showers: int = 20, min_cells: int = 64, value_map: bool = True) -> dict:
+    """Fit a read-out: `gen` (N, A, S, C) the model's showers [MeV] in energy bins `gen_bins`, `ref` (M, A, S, C) the
+    training showers in `ref_bins`. → dict(thr (n_bins, A, C), q, r (n_bins, A, C, K), fitted (n_bins,) bool).
+    Bins with fewer than `min_showers` on either side take the nearest fitted bin; a map needs `min_cells` non-zero
+    cells on both sides, else that position keeps the identity (all-zero knots)."""
+    gen, ref = torch.as_tensor(gen, dtype=torch.float32), torch.as_tensor(ref, dtype=torch.float32)
+    if gen.ndim != 4 or ref.shape[1:] != gen.shape[1:]: raise VMLInputError(f"gen {tuple(gen.shape)} and ref {tuple(ref.shape)} must be (N, A, S, C) alike", field='gen')
+    A, S, C = gen.shape[1:]
+    K = MAP_KNOTS
+    out = dict(thr=torch.full((n_bins, A, C), float(thr)), q=torch.zeros(n_bins, A, C, K), r=torch.zeros(n_bins, A, C, K),
+               fitted=torch.zeros(n_bins, dtype=torch.bool))
+    levels = torch.linspace(0, 1, K, dtype=torch.float64)
+    for j in range(n_bins):
+        m, mr_ = gen_bins == j, ref_bins == j
+        if int(m.sum()) < min_showers or int(mr_.sum()) < min_showers: continue
+        occ = (ref[mr_] >= thr).float().mean((0, 2))                              # (A, C) occupancy of the training showers
+        g = gen[m].permute(1, 3, 0, 2).reshape(A, C, -1)                          # the model's cells per position
+        s = g.sort(-1, descending=True).values
+        cnt = (occ*s.shape[-1]).round().long().clamp(0, s.shape[-1] - 1)         # cells to keep
+        hi = s.gather(-1, (cnt - 1).clamp(min=0)[..., None])[..., 0]              # smallest kept value
+        lo = s.gather(-1, cnt[..., None])[..., 0]                                 # largest dropped value
+        t = torch.where(cnt > 0, (hi + lo)/2, s[..., 0]*1.0001 + 1e-12)
+        out['thr'][j] = t = torch.where((g >= thr).float().mean(-1) > occ, t.clamp(min=thr), torch.full_like(t, thr))
+        out['fitted'][j] = True
+        if not value_map: continue
+        rv = ref[mr_].permute(1, 3, 0, 2).reshape(A, C, -1)
+        for a in range(A):
+            for c in range(C):
+                gv, fv = g[a, c][g[a, c] >= t[a, c]], rv[a, c][rv[a, c] >= thr]
+                if len(gv) < min_cells or len(fv) < min_cells: continue
+                qg = torch.quantile(torch.log(gv.double()), levels)
+                out['q'][j, a, c] = torch.cummax(qg + torch.arange(K, dtype=torch.float64)*1e-9, 0).values.float()   # strictly increasing
+                out['r'][j, a, c] = torch.quantile(torch.log(fv.double()), levels).float()
+    ok = out['fitted'].nonzero()[:, 0]
+    for j in range(n_bins):                                                       # unfitted bins: the nearest fitted one
+        if len(ok) and not out['fitted'][j]:
+            jj = ok[(ok - j).abs().argmin()]
+            for k in ('thr', 'q', 'r'): out[k][j] = out[k][jj]
+    return out

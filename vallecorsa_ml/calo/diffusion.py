@@ -19,15 +19,16 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from fastcore.script import call_parse
 from ..core import *
+from .data import READOUT_EDGES, MAP_KNOTS, cell_map, fit_readout
 
 # %% auto #0
-__all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'MAP_KNOTS', 'CellTransform', 'make_conditions', 'phi_fourier',
-           'PhiPeriodicEmbedding', 'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'LayerTransform',
-           'layer_energies', 'ResponseTransform', 'LayerEnergyNet', 'CaloDiT', 'cell_map', 'thr_bin', 'heun_sample',
-           'detector_id', 'DiTDataset', 'dit_dataset', 'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback',
-           'CheckpointCallback', 'TimeLimitCallback', 'dit_learner', 'load_dit', 'train_dit', 'training_parts',
-           'retrain_stage1', 'calibrate_thresholds', 'vml_train_dit', 'with_reference_layers', 'DiTGenerator',
-           'load_dit_checkpoint', 'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
+__all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
+           'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'LayerTransform', 'layer_energies',
+           'ResponseTransform', 'LayerEnergyNet', 'CaloDiT', 'thr_bin', 'heun_sample', 'detector_id', 'DiTDataset',
+           'dit_dataset', 'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback',
+           'TimeLimitCallback', 'dit_learner', 'load_dit', 'train_dit', 'training_parts', 'retrain_stage1',
+           'calibrate_thresholds', 'vml_train_dit', 'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint',
+           'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -412,27 +413,11 @@ class CaloDiT(nn.Module):
         return ShowerData(res.numpy(), 1e4*10**c[:, 0], c[:, 1] + math.pi/2, c[:, 2], geom,
                           dict(model='dit', detector=[int(v) for v in np.unique(c[:, 3])], steps=int(steps), seed=seed))
 
-THR_EDGES = (-1.0, -0.5, 0.0, 0.5, 1.0)     # energy bins of the calibrated cell thresholds, in log10(E/10 GeV): 1-3-10-30-100 GeV
-
-MAP_KNOTS = 33                                # knots of the calibrated cell-energy map (quantiles 0, 1/32, ..., 1)
-
-def cell_map(e: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Monotone piecewise-linear map of the log energy of every non-zero cell of `e` (B, Z, P, R) [MeV]: knots `q` → `r`
-    (B, Z, R, K) per (z, r), each increasing; beyond the last knot a shift, below the first the first value. Zeros stay zero;
-    where all knots are 0 (uncalibrated) the cell is unchanged."""
-    y = torch.log(e.clamp(min=1e-30)).permute(0, 1, 3, 2).contiguous()         # (B, Z, R, P)
-    q, r = q.contiguous(), r.contiguous()
-    K = q.shape[-1]
-    i = torch.searchsorted(q, y).clamp(1, K - 1)
-    q0, q1, r0, r1 = q.gather(-1, i - 1), q.gather(-1, i), r.gather(-1, i - 1), r.gather(-1, i)
-    w = ((y - q0)/(q1 - q0).clamp(min=1e-12)).clamp(0, 1)
-    out = torch.where(y > q[..., -1:], y - q[..., -1:] + r[..., -1:], r0 + w*(r1 - r0))
-    out = torch.where((q[..., -1:] == 0) & (q[..., :1] == 0), y, out)            # uncalibrated (z, r): identity
-    return torch.where(e > 0, torch.exp(out).permute(0, 1, 3, 2), torch.zeros_like(e))
+THR_EDGES = READOUT_EDGES       # energy bins of the calibrated read-out (`calo.data`), in log10(E/10 GeV)
 
 def thr_bin(le: torch.Tensor) -> torch.Tensor:
-    "Index of the `THR_EDGES` energy bin of packed `cond[:, 0]` = log10(E/10 GeV) (energies outside go to the end bins)."
-    return torch.bucketize(le.float().contiguous(), torch.tensor(THR_EDGES[1:-1])).long()
+    "Read-out energy bin of packed `cond[:, 0]` = log10(E/10 GeV) (`calo.data.energy_bin`)."
+    return (le.float()[:, None] > torch.tensor(READOUT_EDGES[1:-1])).sum(1)
 
 def heun_sample(denoiser, x: torch.Tensor, cond: torch.Tensor, sigmas: torch.Tensor, clip: tuple | None = None) -> torch.Tensor:
     "EDM deterministic sampler (Karras et al. 2022, Alg. 1): Heun steps along `sigmas` (last step Euler); x starts at σ0; optional clipping `(lo, hi)` of the denoised estimate."
@@ -686,60 +671,26 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
 @torch.no_grad()
 def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, steps: int = 16, seed: int = 0,
                          min_showers: int = 20, n_ref: int = 2000, value_map: bool = True, min_cells: int = 64) -> dict:
-    """Calibrate the cell read-out of `model` on training showers `parts`, per detector, energy bin (`THR_EDGES`) and (z, r).
-    1. Thresholds `cell_thr`: where the model (sampled for the conditions of the first `n` showers of each part) fills more
-       cells than the training showers (the first `n_ref`), the threshold rises until the fractions of cells above it match;
-       it never falls below `thr`. 2. With `value_map`, the knots `map_q` → `map_r` of a monotone map of the non-zero cells'
-       log energies, model quantiles → training quantiles (`MAP_KNOTS` of them), fitted where both have ≥ `min_cells`.
-    Energy bins without `min_showers` showers take the nearest calibrated bin. → {detector: generated showers}."""
+    """Calibrate the read-out of `model` (`calo.data.fit_readout`: cell thresholds and, with `value_map`, the cell-energy
+    map) per detector, energy bin and (z, r): the model's raw cells, sampled for the conditions of the first `n` showers
+    of each part, against the first `n_ref` training showers of the part. → {detector: generated showers}."""
     Z, P, R = model.config.shape
-    nb, thr, K = len(THR_EDGES) - 1, model.config.thr, MAP_KNOTS
-    model.cell_thr.fill_(thr); model.map_on.fill_(False); model.map_q.zero_(); model.map_r.zero_()
-    new, have = model.cell_thr.clone(), torch.zeros(model.config.n_detectors, nb, dtype=torch.bool)
-    mq, mr = model.map_q.clone(), model.map_r.clone()
-    levels = torch.linspace(0, 1, K, dtype=torch.float64)
+    model.cell_thr.fill_(model.config.thr); model.map_on.fill_(False); model.map_q.zero_(); model.map_r.zero_()
     groups = {}
     for d, det in parts: groups.setdefault(detector_id(det), []).append(d)
     conds = lambda ds, m, k: torch.cat([make_conditions(d.energies[:m], None if d.theta is None else d.theta[:m],
                                                         None if d.phi is None else d.phi[:m], k) for d in ds])
-    used = {}
+    used, fits = {}, {}
     for k, ds in groups.items():
         ref = torch.cat([torch.as_tensor(d.showers[:n_ref], dtype=torch.float32).reshape(-1, Z, P, R) for d in ds])
         cref, cond = conds(ds, n_ref, k), conds(ds, n, k)
         gen = model.sample(1e4*10**cond[:, 0].double().numpy(), (cond[:, 1] + math.pi/2).numpy(), cond[:, 2].numpy(),
-                           k, seed=seed, steps=steps, return_torch=True, rescale=False)    # what the calibration acts on
-        b, bref = thr_bin(cond[:, 0]), thr_bin(cref[:, 0])
-        for j in range(nb):
-            m, mref = b == j, bref == j
-            if int(m.sum()) < min_showers or int(mref.sum()) < min_showers: continue
-            occ = (ref[mref] >= thr).float().mean((0, 2))                         # (Z, R) occupancy of the training showers
-            g = gen[m].permute(1, 3, 0, 2).reshape(Z, R, -1)                      # the model's cells per (z, r)
-            s = g.sort(-1, descending=True).values
-            cnt = (occ*s.shape[-1]).round().long().clamp(0, s.shape[-1] - 1)     # cells to keep
-            hi = s.gather(-1, (cnt - 1).clamp(min=0)[..., None])[..., 0]          # smallest kept value
-            lo = s.gather(-1, cnt[..., None])[..., 0]                             # largest dropped value
-            t = torch.where(cnt > 0, (hi + lo)/2, s[..., 0]*1.0001 + 1e-12)
-            new[k, j] = t = torch.where((g >= thr).float().mean(-1) > occ, t.clamp(min=thr), torch.full_like(t, thr))
-            have[k, j] = True
-            if not value_map: continue
-            rv = ref[mref].permute(1, 3, 0, 2).reshape(Z, R, -1)
-            for z in range(Z):
-                for r_ in range(R):
-                    gv, fv = g[z, r_][g[z, r_] >= t[z, r_]], rv[z, r_][rv[z, r_] >= thr]
-                    if len(gv) < min_cells or len(fv) < min_cells: continue
-                    qg = torch.quantile(torch.log(gv.double()), levels)
-                    qf = torch.quantile(torch.log(fv.double()), levels)
-                    qg = torch.cummax(qg + torch.arange(K, dtype=torch.float64)*1e-9, 0).values     # strictly increasing
-                    mq[k, j, z, r_], mr[k, j, z, r_] = qg.float(), qf.float()
+                           k, seed=seed, steps=steps, return_torch=True, rescale=False, readout=False)   # what the read-out acts on
+        fits[k] = fit_readout(gen, thr_bin(cond[:, 0]), ref, thr_bin(cref[:, 0]), model.config.thr,
+                              min_showers=min_showers, min_cells=min_cells, value_map=value_map)
         used[k] = len(gen)
-    for k in used:                                     # uncalibrated energy bins: nearest calibrated one
-        ok = have[k].nonzero()[:, 0]
-        if len(ok) == 0: continue
-        for j in range(nb):
-            if not have[k, j]:
-                jj = ok[(ok - j).abs().argmin()]
-                new[k, j], mq[k, j], mr[k, j] = new[k, jj], mq[k, jj], mr[k, jj]
-    model.cell_thr.copy_(new); model.map_q.copy_(mq); model.map_r.copy_(mr); model.map_on.fill_(bool(value_map))
+    for k, f in fits.items(): model.cell_thr[k], model.map_q[k], model.map_r[k] = f['thr'], f['q'], f['r']
+    model.map_on.fill_(bool(value_map))
     return used
 
 def _ints(s, n, name):
