@@ -365,8 +365,8 @@ def energy_bin(E_MeV: torch.Tensor) -> torch.Tensor:
 def readout_view(x: torch.Tensor, geometry) -> torch.Tensor:
     "Showers (N, *mesh.shape) → (N, A, S, C) with S the pooled symmetric axis: (z, φ, r) as is on a cylinder; (x, 1, y·z) on a Cartesian mesh."
     g = get_geometry(geometry)
-    if isinstance(g, CylMesh): return x.reshape(len(x), *g.shape)
-    return x.reshape(len(x), g.shape[0], 1, -1)
+    if isinstance(g, CylMesh): return x.reshape(-1, *g.shape)                    # -1, not len(x): ONNX keeps the batch dynamic
+    return x.reshape(-1, g.shape[0], 1, math.prod(g.shape[1:]))
 
 def cell_map(e: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Monotone piecewise-linear map of the log energy of every non-zero cell of `e` (B, A, S, C) [MeV], knots `q` → `r`

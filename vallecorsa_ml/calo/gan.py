@@ -20,12 +20,14 @@ from fastcore.script import call_parse
 from ..core import (VMLInputError, cli_errors, atomic_write, save_json, seed_everything, cache_dir,
                                 shared_dir, Timer, bench, bench_table, md_table, set_threads, cpu_info)
 from .geometry import get_geometry, CylMesh, CartMesh
+from .data import READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_readout, fit_readout
 
 # %% auto #0
 __all__ = ['PLANS', 'CONDS', 'GENERATORS', 'GANConfig', 'norm_cond', 'ecal_ratio_fn', 'to_u', 'from_u', 'PadConv3d', 'Generator',
            'check_conditions', 'Discriminator', 'n_params', 'prepare_data', 'gan_losses', 'GANStep', 'GANTrainer',
-           'plot_losses', 'train_gan', 'load_gan', 'load_generator', 'vml_train_gan', 'vml_generate', 'export_onnx',
-           'onnx_session', 'onnx_parity', 'g4_seconds_per_shower', 'bench_gan', 'BenchResult_g4', 'vml_bench_gan']
+           'plot_losses', 'train_gan', 'load_gan', 'load_generator', 'calibrate_readout', 'vml_train_gan',
+           'vml_generate', 'export_onnx', 'onnx_session', 'onnx_parity', 'g4_seconds_per_shower', 'bench_gan',
+           'BenchResult_g4', 'vml_bench_gan']
 
 # %% ../../nbs/15_calo.gan.ipynb #3eaebb2f
 PLANS = {
@@ -174,6 +176,14 @@ class Generator(nn.Module):
         # with cell_noise: log σ per cell = this learnable map + the generator's second output channel
         self.noise_logscale = nn.Parameter(torch.full(self.shape, -3.0)) if cfg.cell_noise else None
         self.register_buffer('threshold', torch.tensor(float(cfg.threshold)))
+        # calibrated read-out (`calibrate_readout`): thresholds and cell-energy map per energy bin and cell position
+        A, _, C = readout_view(torch.zeros(1, *self.shape), mesh).shape[1:]
+        nb = len(READOUT_EDGES) - 1
+        self.register_buffer('ro_thr', torch.zeros(nb, A, C))
+        self.register_buffer('ro_q', torch.zeros(nb, A, C, MAP_KNOTS))
+        self.register_buffer('ro_r', torch.zeros(nb, A, C, MAP_KNOTS))
+        self.register_buffer('ro_on', torch.zeros((), dtype=torch.bool))
+        self.readout_active = False          # python mirror of ro_on (kept in sync by load_state_dict / calibrate_readout)
     def forward_u(self, z, cond):
         "Transformed cells u (B, *shape) from noise and physical conditions (the training path)."
         cfg = self.cfg
@@ -187,9 +197,20 @@ class Generator(nn.Module):
             u = u + torch.exp((out[:, 1] + self.noise_logscale).clamp(max=3.0))*eps
         return F.relu(u)
     def forward(self, z, cond):
-        "Showers in MeV (B, *shape); cells below the calibrated `threshold` are zero."
+        "Showers in MeV (B, *shape); cells below the calibrated `threshold` are zero, then the calibrated read-out if any."
         x = from_u(self.forward_u(z, cond), cond[:, 0], self.cfg)
-        return x*(x >= self.threshold).to(x.dtype)
+        x = x*(x >= self.threshold).to(x.dtype)
+        if self.readout_active:
+            x = apply_readout(readout_view(x, self.cfg.mesh), energy_bin(cond[:, 0]), self.ro_thr, self.ro_q, self.ro_r).reshape(x.shape)
+        return x
+    def load_state_dict(self, state_dict, strict: bool = True, **kw):
+        "As `nn.Module.load_state_dict`; checkpoints from before the read-out load without one."
+        sd = dict(state_dict)
+        for k, v in self.state_dict().items():
+            if k.startswith('ro_') and k not in sd: sd[k] = torch.zeros_like(v)
+        out = super().load_state_dict(sd, strict=strict, **kw)
+        self.readout_active = bool(self.ro_on)
+        return out
     def example_inputs(self, batch: int = 2, seed: int = 0):
         "`(z, cond)` for export and benchmarks: noise and conditions log-uniform in the trained range (θ=π/2, φ=0)."
         g = torch.Generator().manual_seed(seed)
@@ -449,12 +470,13 @@ class GANTrainer:
             a = min(cfg.ema, (1 + self.step)/(10 + self.step)) if cfg.ema > 0 else 0.0   # EMA with warm-up
             for pe, p in zip(self.G_ema.parameters(), self.G.parameters()): pe.lerp_(p, 1 - a)
             for (n, be), b in zip(self.G_ema.named_buffers(), self.G.buffers()):
-                if n != 'threshold': be.copy_(b)
+                if n != 'threshold' and not n.startswith('ro_'): be.copy_(b)
         self.step += 1
         self.history.append(dict(step=self.step, d=float(ld.detach()), g=float(lg.detach()), **{k: float(v.detach()) for k, v in {**pd, **pg}.items()},
                                  s=time.perf_counter() - t0))
     def calibrate(self, n: int = 256):
-        "Set the EMA generator's cell threshold so that its fraction of non-zero cells matches the training data."
+        "Set the EMA generator's cell threshold so that its fraction of non-zero cells matches the training data (not with a calibrated read-out)."
+        if self.G_ema.readout_active: return float(self.G_ema.threshold)
         idx = torch.linspace(0, len(self.cond) - 1, min(n, len(self.cond))).long()
         c = self.cond[idx]
         self.G_ema.threshold.fill_(0.)
@@ -556,7 +578,8 @@ def load_gan(ck: dict, raw: bool = False) -> Generator:
     "The EMA generator (or with `raw`, the last trained weights, threshold re-calibrated) of a 3DGAN checkpoint dict, in eval mode."
     G = Generator(GANConfig(**ck['cfg']))
     G.load_state_dict(ck['G_ema']); G.eval()
-    if raw:
+    if raw and ck['G'].get('ro_on', False): G.load_state_dict(ck['G'])     # its own calibrated read-out
+    elif raw:
         G.load_state_dict(ck['G']); G.threshold.fill_(0.)
         cond = check_conditions(G.cfg, np.geomspace(G.cfg.e_min, G.cfg.e_max, 256))
         with torch.no_grad(): x = G(torch.randn(len(cond), G.cfg.z_dim, generator=torch.Generator().manual_seed(1)), cond)
@@ -580,6 +603,31 @@ def load_generator(path, model: str | None = None, **kwargs) -> nn.Module:
     bad = [k for k in kwargs if k not in inspect.signature(loader).parameters]
     if bad: raise VMLInputError(f"option {', '.join('--' + b for b in bad)} does not apply to a {kind!r} checkpoint", file=path, field=bad[0])
     return loader(ck, **kwargs)
+
+# %% ../../nbs/15_calo.gan.ipynb #83fe6368
+@torch.no_grad()
+def calibrate_readout(G: Generator, data, n: int = 1000, n_ref: int = 3000, seed: int = 0, thr: float = 5e-4,
+                      value_map: bool = True, min_showers: int = 20, min_cells: int = 64) -> dict:
+    """Fit `G`'s read-out (`calo.data.fit_readout`) on training showers `data` (a `ShowerData`): the generator's showers
+    for the conditions of the first `n` showers (global threshold off, no read-out) against the first `n_ref`; sets the
+    buffers and switches the read-out on. → the fit (dict of tensors)."""
+    if len(data) < min_showers: raise VMLInputError(f"need at least {min_showers} showers to calibrate, got {len(data)}", field='data')
+    cfg = G.cfg
+    was, thr0 = G.training, float(G.threshold); G.eval()
+    G.readout_active = False; G.ro_on.fill_(False); G.threshold.fill_(0.)
+    cond = check_conditions(cfg, data.energies[:n], data.theta[:n] if 'theta' in cfg.conds else None,
+                            data.phi[:n] if 'phi' in cfg.conds else None)
+    zg = torch.Generator().manual_seed(int(seed))
+    gen = torch.cat([G(torch.randn(len(c), cfg.z_dim, generator=zg), c) for c in cond.split(500)])
+    ref = torch.as_tensor(np.asarray(data.showers[:n_ref]), dtype=torch.float32).reshape(-1, *G.shape)
+    fit = fit_readout(readout_view(gen, cfg.mesh), energy_bin(cond[:, 0]), readout_view(ref, cfg.mesh),
+                      energy_bin(data.energies[:n_ref]), thr, min_showers=min_showers, min_cells=min_cells, value_map=value_map)
+    if fit['fitted'].any():
+        G.ro_thr.copy_(fit['thr']); G.ro_q.copy_(fit['q']); G.ro_r.copy_(fit['r'])
+        G.ro_on.fill_(True); G.readout_active = True
+    else: G.threshold.fill_(thr0)                     # too few showers in every energy bin: keep the global threshold
+    G.train(was)
+    return fit
 
 # %% ../../nbs/15_calo.gan.ipynb #c73e51f1
 def _parse_conds(s: str) -> tuple:
@@ -609,6 +657,7 @@ def vml_train_gan(
     plain_3dgan: bool = False,   # Switch off the conditional real/fake head and the physics features of D
     moments: bool = False,       # D also sees per-layer centres and widths (x, y) of the shower
     cell_noise: bool = False,    # G adds learned-amplitude noise to every cell (sparse, scattered deposits)
+    readout: int = 1000,         # At the end: calibrate the read-out on this many training showers (0: off; see calibrate_readout)
     bf16: bool = False,          # bf16 autocast (measure first: slower than FP32 for 3D convs here)
     threads: int = None,         # torch threads (1 is fastest on a busy 2-core machine)
     fresh: bool = False,         # Ignore an existing checkpoint and start again
@@ -630,6 +679,11 @@ def vml_train_gan(
     if fresh and (ck/'last.pt').exists(): (ck/'last.pt').unlink()
     tr = train_gan(sd, cfg, ck, max_steps=max_steps, minutes=minutes, ckpt_every=ckpt_every, seed=seed, progress=not quiet)
     plot_losses(tr.history, ck/'losses.png')
+    if readout:
+        with Timer() as t_ro:
+            for G in (tr.G_ema, tr.G): calibrate_readout(G, sd, n=readout, seed=seed)
+        tr.save()
+        print(f"read-out calibrated on {min(readout, len(sd))} showers in {t_ro.seconds:.1f} s", flush=True)
     h = tr.history[-1] if tr.history else {}
     print(f"{ck/'last.pt'}: step {tr.step}, {tr.seconds/60:.1f} min of training, "
           f"D loss {h.get('d', float('nan')):.3f}, G loss {h.get('g', float('nan')):.3f}, threshold {tr.cfg.threshold:.3g} MeV")
