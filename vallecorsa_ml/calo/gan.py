@@ -606,11 +606,13 @@ def load_generator(path, model: str | None = None, **kwargs) -> nn.Module:
 
 # %% ../../nbs/15_calo.gan.ipynb #83fe6368
 @torch.no_grad()
-def calibrate_readout(G: Generator, data, n: int = 1000, n_ref: int = 3000, seed: int = 0, thr: float = 5e-4,
+def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | None = None, seed: int = 0, thr: float = 5e-4,
                       value_map: bool = True, min_showers: int = 20, min_cells: int = 64) -> dict:
     """Fit `G`'s read-out (`calo.data.fit_readout`) on training showers `data` (a `ShowerData`): the generator's showers
-    for the conditions of the first `n` showers (global threshold off, no read-out) against the first `n_ref`; sets the
-    buffers and switches the read-out on. → the fit (dict of tensors)."""
+    for the conditions of the first `n` showers (global threshold off, no read-out) against the first `n_ref` (None: all);
+    sets the buffers and switches the read-out on. More showers give a less noisy map: on the 60-minute GAN, 1000/3000
+    showers gave AUC 0.833, all 6000 0.792. → the fit (dict of tensors)."""
+    n, n_ref = n or len(data), n_ref or len(data)
     if len(data) < min_showers: raise VMLInputError(f"need at least {min_showers} showers to calibrate, got {len(data)}", field='data')
     cfg = G.cfg
     was, thr0 = G.training, float(G.threshold); G.eval()
@@ -657,7 +659,7 @@ def vml_train_gan(
     plain_3dgan: bool = False,   # Switch off the conditional real/fake head and the physics features of D
     moments: bool = False,       # D also sees per-layer centres and widths (x, y) of the shower
     cell_noise: bool = False,    # G adds learned-amplitude noise to every cell (sparse, scattered deposits)
-    readout: int = 1000,         # At the end: calibrate the read-out on this many training showers (0: off; see calibrate_readout)
+    readout: int = None,         # At the end: calibrate the read-out on this many training showers (default all; 0: off)
     bf16: bool = False,          # bf16 autocast (measure first: slower than FP32 for 3D convs here)
     threads: int = None,         # torch threads (1 is fastest on a busy 2-core machine)
     fresh: bool = False,         # Ignore an existing checkpoint and start again
@@ -669,6 +671,7 @@ def vml_train_gan(
     if max_steps is not None and max_steps < 1: raise VMLInputError("must be >= 1", field='max_steps')
     if minutes is not None and not minutes > 0: raise VMLInputError("must be > 0", field='minutes')
     if ckpt_every < 1: raise VMLInputError("must be >= 1", field='ckpt_every')
+    if readout is not None and readout < 0: raise VMLInputError("must be >= 0", field='readout')
     if threads: set_threads(threads)
     path = Path(data) if data else g4_path('electrons')
     sd = read_showers(path, geometry, start, stop)
@@ -679,14 +682,16 @@ def vml_train_gan(
     if fresh and (ck/'last.pt').exists(): (ck/'last.pt').unlink()
     tr = train_gan(sd, cfg, ck, max_steps=max_steps, minutes=minutes, ckpt_every=ckpt_every, seed=seed, progress=not quiet)
     plot_losses(tr.history, ck/'losses.png')
-    if readout:
+    if readout is None or readout > 0:
+        n_ro = min(readout or len(sd), len(sd))
         with Timer() as t_ro:
-            for G in (tr.G_ema, tr.G): calibrate_readout(G, sd, n=readout, seed=seed)
+            for G in (tr.G_ema, tr.G): calibrate_readout(G, sd, n=n_ro, n_ref=n_ro, seed=seed)
         tr.save()
-        print(f"read-out calibrated on {min(readout, len(sd))} showers in {t_ro.seconds:.1f} s", flush=True)
+        print(f"read-out calibrated on {n_ro} showers in {t_ro.seconds:.1f} s", flush=True)
     h = tr.history[-1] if tr.history else {}
     print(f"{ck/'last.pt'}: step {tr.step}, {tr.seconds/60:.1f} min of training, "
-          f"D loss {h.get('d', float('nan')):.3f}, G loss {h.get('g', float('nan')):.3f}, threshold {tr.cfg.threshold:.3g} MeV")
+          f"D loss {h.get('d', float('nan')):.3f}, G loss {h.get('g', float('nan')):.3f}, "
+          + ("calibrated read-out" if tr.G_ema.readout_active else f"threshold {float(tr.G_ema.threshold):.3g} MeV"))
     return tr
 
 # %% ../../nbs/15_calo.gan.ipynb #4d596233
