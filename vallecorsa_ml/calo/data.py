@@ -19,7 +19,7 @@ from .geometry import CylMesh, CartMesh, get_geometry, infer_geometry, mesh_dict
 __all__ = ['G4_FILES', 'G4_SHIPPED', 'READOUT_EDGES', 'MAP_KNOTS', 'ShowerData', 'concat_showers', 'read_showers', 'iter_showers',
            'validate_file', 'write_showers', 'g4_path', 'load_g4', 'ShowerTransform', 'EincScale', 'LogTransform',
            'PowerTransform', 'Compose', 'condition_vector', 'ShowerDataset', 'shower_dataloaders', 'energy_bin',
-           'readout_view', 'cell_map', 'apply_readout', 'fit_readout']
+           'readout_view', 'cell_map', 'apply_readout', 'fit_readout', 'fit_slice_map', 'apply_slice_map']
 
 # %% ../../nbs/11_calo.data.ipynb #140e4a0a
 @dataclass
@@ -428,3 +428,42 @@ def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, re
             jj = ok[(ok - j).abs().argmin()]
             for k in ('thr', 'q', 'r'): out[k][j] = out[k][jj]
     return out
+
+# %% ../../nbs/11_calo.data.ipynb #61de74be
+@torch.no_grad()
+def fit_slice_map(gen: torch.Tensor, gen_E, ref: torch.Tensor, ref_E, n_bins: int = len(READOUT_EDGES) - 1,
+                  min_showers: int = 50) -> dict:
+    """Knots of a monotone map of each slice's energy fraction log(Σ slice/E_inc), model quantiles → training quantiles, per
+    energy bin and slice along A of `gen`/`ref` (N, A, S, C) (the z layers on the cylinder). → dict(q, r (n_bins, A, K)).
+    Empty slices are left out of the quantiles (and stay empty); bins with too few showers take the nearest fitted bin."""
+    K = MAP_KNOTS
+    lf = lambda x, E: x.sum((2, 3))/torch.as_tensor(np.asarray(E), dtype=torch.float32).reshape(-1, 1)
+    g, f = lf(torch.as_tensor(gen, dtype=torch.float32), gen_E), lf(torch.as_tensor(ref, dtype=torch.float32), ref_E)
+    bg, bf = energy_bin(gen_E), energy_bin(ref_E)
+    A = g.shape[1]
+    out = dict(q=torch.zeros(n_bins, A, K), r=torch.zeros(n_bins, A, K), fitted=torch.zeros(n_bins, dtype=torch.bool))
+    levels = torch.linspace(0, 1, K, dtype=torch.float64)
+    for j in range(n_bins):
+        m, mf = bg == j, bf == j
+        if int(m.sum()) < min_showers or int(mf.sum()) < min_showers: continue
+        for a in range(A):
+            gv, fv = g[m, a][g[m, a] > 0], f[mf, a][f[mf, a] > 0]
+            if len(gv) < min_showers or len(fv) < min_showers: continue
+            qg = torch.quantile(torch.log(gv.double()), levels)
+            out['q'][j, a] = torch.cummax(qg + torch.arange(K, dtype=torch.float64)*1e-9, 0).values.float()
+            out['r'][j, a] = torch.quantile(torch.log(fv.double()), levels).float()
+        out['fitted'][j] = True
+    ok = out['fitted'].nonzero()[:, 0]
+    for j in range(n_bins):
+        if len(ok) and not out['fitted'][j]:
+            jj = ok[(ok - j).abs().argmin()]
+            out['q'][j], out['r'][j] = out['q'][jj], out['r'][jj]
+    return out
+
+def apply_slice_map(e: torch.Tensor, E_MeV: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    "Scale every slice along A of `e` (B, A, S, C) so that its energy fraction follows the map `q` → `r` (n_bins, A, K) of `fit_slice_map`."
+    E = torch.as_tensor(E_MeV, dtype=e.dtype).reshape(-1, 1)
+    L = e.sum((2, 3))                                                          # (B, A)
+    bins = energy_bin(E)
+    Lm = cell_map((L/E)[:, :, None, None], q[bins][:, :, None, :], r[bins][:, :, None, :])[:, :, 0, 0]*E
+    return e*torch.where(L > 0, Lm/L.clamp(min=1e-30), torch.zeros_like(L))[:, :, None, None]

@@ -20,7 +20,8 @@ from fastcore.script import call_parse
 from ..core import (VMLInputError, cli_errors, atomic_write, save_json, seed_everything, cache_dir,
                                 shared_dir, Timer, bench, bench_table, md_table, set_threads, cpu_info)
 from .geometry import get_geometry, CylMesh, CartMesh
-from .data import READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_readout, fit_readout
+from .data import (READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_readout, fit_readout,
+                                     fit_slice_map, apply_slice_map)
 
 # %% auto #0
 __all__ = ['PLANS', 'CONDS', 'GENERATORS', 'GANConfig', 'norm_cond', 'ecal_ratio_fn', 'to_u', 'from_u', 'PadConv3d', 'Generator',
@@ -182,6 +183,8 @@ class Generator(nn.Module):
         self.register_buffer('ro_thr', torch.zeros(nb, A, C))
         self.register_buffer('ro_q', torch.zeros(nb, A, C, MAP_KNOTS))
         self.register_buffer('ro_r', torch.zeros(nb, A, C, MAP_KNOTS))
+        self.register_buffer('ro_lq', torch.zeros(nb, A, MAP_KNOTS))     # layer-energy map (`fit_slice_map`); zeros: identity
+        self.register_buffer('ro_lr', torch.zeros(nb, A, MAP_KNOTS))
         self.register_buffer('ro_on', torch.zeros((), dtype=torch.bool))
         self.readout_active = False          # python mirror of ro_on (kept in sync by load_state_dict / calibrate_readout)
     def forward_u(self, z, cond):
@@ -201,7 +204,8 @@ class Generator(nn.Module):
         x = from_u(self.forward_u(z, cond), cond[:, 0], self.cfg)
         x = x*(x >= self.threshold).to(x.dtype)
         if self.readout_active:
-            x = apply_readout(readout_view(x, self.cfg.mesh), energy_bin(cond[:, 0]), self.ro_thr, self.ro_q, self.ro_r).reshape(x.shape)
+            v = apply_readout(readout_view(x, self.cfg.mesh), energy_bin(cond[:, 0]), self.ro_thr, self.ro_q, self.ro_r)
+            x = apply_slice_map(v, cond[:, 0], self.ro_lq, self.ro_lr).reshape(x.shape)
         return x
     def load_state_dict(self, state_dict, strict: bool = True, **kw):
         "As `nn.Module.load_state_dict`; checkpoints from before the read-out load without one."
@@ -607,10 +611,11 @@ def load_generator(path, model: str | None = None, **kwargs) -> nn.Module:
 # %% ../../nbs/15_calo.gan.ipynb #83fe6368
 @torch.no_grad()
 def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | None = None, seed: int = 0, thr: float = 5e-4,
-                      value_map: bool = True, min_showers: int = 20, min_cells: int = 64) -> dict:
+                      value_map: bool = True, min_showers: int = 20, min_cells: int = 64, layer_map: bool = True) -> dict:
     """Fit `G`'s read-out (`calo.data.fit_readout`) on training showers `data` (a `ShowerData`): the generator's showers
     for the conditions of the first `n` showers (global threshold off, no read-out) against the first `n_ref` (None: all);
-    sets the buffers and switches the read-out on. More showers give a less noisy map: on the 60-minute GAN, 1000/3000
+    sets the buffers and switches the read-out on. With `layer_map`, then the map of the layer energies (`fit_slice_map`,
+    fitted on the cell read-out's output). More showers give a less noisy map: on the 60-minute GAN, 1000/3000
     showers gave AUC 0.833, all 6000 0.792. → the fit (dict of tensors)."""
     n, n_ref = n or len(data), n_ref or len(data)
     if len(data) < min_showers: raise VMLInputError(f"need at least {min_showers} showers to calibrate, got {len(data)}", field='data')
@@ -625,7 +630,11 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
     fit = fit_readout(readout_view(gen, cfg.mesh), energy_bin(cond[:, 0]), readout_view(ref, cfg.mesh),
                       energy_bin(data.energies[:n_ref]), thr, min_showers=min_showers, min_cells=min_cells, value_map=value_map)
     if fit['fitted'].any():
-        G.ro_thr.copy_(fit['thr']); G.ro_q.copy_(fit['q']); G.ro_r.copy_(fit['r'])
+        G.ro_thr.copy_(fit['thr']); G.ro_q.copy_(fit['q']); G.ro_r.copy_(fit['r']); G.ro_lq.zero_(); G.ro_lr.zero_()
+        if layer_map:
+            gro = apply_readout(readout_view(gen, cfg.mesh), energy_bin(cond[:, 0]), fit['thr'], fit['q'], fit['r'])
+            sm = fit_slice_map(gro, cond[:, 0], readout_view(ref, cfg.mesh), data.energies[:n_ref], min_showers=max(min_showers, 50))
+            G.ro_lq.copy_(sm['q']); G.ro_lr.copy_(sm['r'])
         G.ro_on.fill_(True); G.readout_active = True
     else: G.threshold.fill_(thr0)                     # too few showers in every energy bin: keep the global threshold
     G.train(was)
