@@ -714,9 +714,9 @@ def vml_train_dit(
     no_layers: bool = False,   # One stage: no layer-energy model (stage 1) before the shower
     no_total: bool = False,    # Stage 1 without its response (total-energy) coordinate
     stage1_only: bool = False, # Retrain only stage 1 of the model in --ckpt for --minutes (default 3.5), written back to --ckpt
-    calibrate: int = 250,      # After training: calibrate the cell thresholds on this many training showers per detector (0: off)
+    calibrate: int = 250,      # After training: calibrate the read-out (cell thresholds, energy map) on this many showers per detector (0: off)
     calibrate_steps: int = 16, # Heun steps of the calibration sampling (use the steps you will generate with)
-    calibrate_only: bool = False, # Only calibrate the cell thresholds of the model in --ckpt (written back to --ckpt)
+    calibrate_only: bool = False, # Only calibrate the read-out of the model in --ckpt (written back to --ckpt)
     electrons: int = 5000,     # Geant4 electrons (detector 0)
     photons: int = 3000,       # Geant4 photons with angles (detector 1)
     pbwo4: int = 2000,         # Simulated PbWO4 showers per particle (detectors 2, 3)
@@ -741,14 +741,14 @@ def vml_train_dit(
     if calibrate < 0: raise VMLInputError("must be >= 0", field='calibrate')
     if not 2 <= calibrate_steps <= 25: raise VMLInputError("must be in [2, 25]", field='calibrate_steps')
     def _calibrate(parts):
-        "Calibrate the thresholds of the EMA weights in `path`, in place."
+        "Calibrate the read-out of the EMA weights in `path`, in place."
         ck = torch.load(path, map_location='cpu', weights_only=False)
         m = CaloDiT(DiTConfig(**ck['config'])); m.load_state_dict(ck['ema'] if ck.get('ema') is not None else ck['model'])
         with Timer() as t: used = calibrate_thresholds(m.eval(), parts, n=calibrate, steps=calibrate_steps, seed=seed)
         ck['ema' if ck.get('ema') is not None else 'model'] = m.state_dict()
         ck['meta'] = dict(ck.get('meta', {}), calibrate_minutes=round(t.seconds/60, 2), calibrate_showers=used, calibrate_steps=calibrate_steps)
         with atomic_write(path) as tmp: torch.save(ck, tmp)
-        print(f"{path}: cell thresholds calibrated on {sum(used.values())} showers ({calibrate_steps} steps) in {t.seconds/60:.1f} min", flush=True)
+        print(f"{path}: read-out calibrated on {sum(used.values())} showers ({calibrate_steps} steps) in {t.seconds/60:.1f} min", flush=True)
     if calibrate_only:
         if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
         if calibrate < 1: raise VMLInputError("--calibrate-only needs --calibrate >= 1", field='calibrate')
