@@ -422,11 +422,15 @@ def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, re
                 qg = torch.quantile(torch.log(gv.double()), levels)
                 out['q'][j, a, c] = torch.cummax(qg + torch.arange(K, dtype=torch.float64)*1e-9, 0).values.float()   # strictly increasing
                 out['r'][j, a, c] = torch.quantile(torch.log(fv.double()), levels).float()
+    return _fill_unfitted(out, ('thr', 'q', 'r'))
+
+def _fill_unfitted(out: dict, keys) -> dict:
+    "Energy bins that were not fitted take the values of the nearest fitted bin (in place)."
     ok = out['fitted'].nonzero()[:, 0]
-    for j in range(n_bins):                                                       # unfitted bins: the nearest fitted one
+    for j in range(len(out['fitted'])):
         if len(ok) and not out['fitted'][j]:
             jj = ok[(ok - j).abs().argmin()]
-            for k in ('thr', 'q', 'r'): out[k][j] = out[k][jj]
+            for k in keys: out[k][j] = out[k][jj]
     return out
 
 # %% ../../nbs/11_calo.data.ipynb #61de74be
@@ -453,12 +457,7 @@ def fit_slice_map(gen: torch.Tensor, gen_E, ref: torch.Tensor, ref_E, n_bins: in
             out['q'][j, a] = torch.cummax(qg + torch.arange(K, dtype=torch.float64)*1e-9, 0).values.float()
             out['r'][j, a] = torch.quantile(torch.log(fv.double()), levels).float()
         out['fitted'][j] = True
-    ok = out['fitted'].nonzero()[:, 0]
-    for j in range(n_bins):
-        if len(ok) and not out['fitted'][j]:
-            jj = ok[(ok - j).abs().argmin()]
-            out['q'][j], out['r'][j] = out['q'][jj], out['r'][jj]
-    return out
+    return _fill_unfitted(out, ('q', 'r'))
 
 def apply_slice_map(e: torch.Tensor, E_MeV: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     "Scale every slice along A of `e` (B, A, S, C) so that its energy fraction follows the map `q` → `r` (n_bins, A, K) of `fit_slice_map`."

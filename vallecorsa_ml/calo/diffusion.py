@@ -19,7 +19,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from fastcore.script import call_parse
 from ..core import *
-from .data import READOUT_EDGES, MAP_KNOTS, cell_map, fit_readout
+from .data import READOUT_EDGES, MAP_KNOTS, apply_readout, fit_readout
 
 # %% auto #0
 __all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
@@ -389,10 +389,9 @@ class CaloDiT(nn.Module):
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
                 x = heun_sample(self, x, c, sig, clip=(lo, hi) if clip else None)
             e = self.transform.inverse(x.float())
-            det, eb = c[:, 3].long(), thr_bin(c[:, 0])
-            if readout:
-                e = torch.where(e >= self.cell_thr[det, eb][:, :, None, :], e, torch.zeros_like(e))
-                if self.map_on: e = cell_map(e, self.map_q[det, eb], self.map_r[det, eb])
+            if readout:          # (detector, energy bin) flattened into one bin index for the shared `apply_readout`
+                b = c[:, 3].long()*self.cell_thr.shape[1] + thr_bin(c[:, 0])
+                e = apply_readout(e, b, self.cell_thr.flatten(0, 1), *((self.map_q.flatten(0, 1), self.map_r.flatten(0, 1)) if self.map_on else ()))
             if self.config.layer_model and rescale:     # each layer to its stage-1 energy
                 L, s = self.layer_tf.inverse(c[:, 4:]), e.sum((2, 3))
                 e = e*torch.where(s > 0, L/s.clamp(min=1e-30), torch.zeros_like(s))[:, :, None, None]
