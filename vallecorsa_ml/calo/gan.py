@@ -434,13 +434,15 @@ class GANStep(Callback):
         tr.pos = (self.epoch, self.iter + 1)
         self.learn.loss = torch.tensor(tr.history[-1]['g'])
         if tr.step % tr.ckpt_every == 0: tr.save()
+        if tr.snapshot_every and tr.step % tr.snapshot_every == 0: tr.snapshot()
         raise CancelBatchException
 
 class GANTrainer:
     "Holds the networks, optimisers, EMA generator, history and position of a 3DGAN training run."
     def __init__(self, cfg: GANConfig, u, cond, ckpt_dir=None, seed: int = 0, ckpt_every: int = 100,
-                 max_steps: int | None = None, minutes: float | None = None, sparsity: float | None = None):
-        self.cfg, self.seed, self.ckpt_every = cfg, int(seed), int(ckpt_every)
+                 max_steps: int | None = None, minutes: float | None = None, sparsity: float | None = None,
+                 snapshot_every: int = 0):
+        self.cfg, self.seed, self.ckpt_every, self.snapshot_every = cfg, int(seed), int(ckpt_every), int(snapshot_every)
         self.max_steps, self.minutes = max_steps, minutes
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         seed_everything(self.seed)
@@ -496,6 +498,16 @@ class GANTrainer:
                     step=self.step, pos=self.pos, seed=self.seed, seconds=self.seconds + self._elapsed(),
                     history=self.history, rng=_rng_state(), sparsity=self.sparsity)
     def _elapsed(self): return time.perf_counter() - self._t0 if getattr(self, '_t0', None) else 0.0
+    def snapshot(self) -> Path | None:
+        "Save the EMA generator alone (`<ckpt_dir>/snapshots/ema_<step>.pt`, loadable by `load_generator`): the candidates `select_snapshot` compares."
+        if self.ckpt_dir is None: return None
+        rng = _rng_state(); self.calibrate(); _set_rng_state(rng)
+        path = self.ckpt_dir/'snapshots'/f'ema_{self.step:06d}.pt'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            torch.save(dict(model_type='gan', version=1, cfg=asdict(self.cfg), G_ema=self.G_ema.state_dict(), step=self.step,
+                            seconds=self.seconds + self._elapsed(), seed=self.seed, sparsity=self.sparsity), tmp)
+        return path
     def save(self, path=None) -> Path | None:
         "Atomic checkpoint (`<ckpt_dir>/last.pt`) of everything needed to resume exactly."
         if path is None and self.ckpt_dir is None: return None
@@ -557,7 +569,7 @@ def plot_losses(history: list, path=None, smooth: int = 20):
 
 def train_gan(data, cfg: GANConfig | None = None, ckpt_dir=None, max_steps: int | None = None, minutes: float | None = None,
               ckpt_every: int = 100, seed: int = 0, resume: bool = True, progress: bool = True,
-              save_on_exit: bool = True) -> GANTrainer:
+              save_on_exit: bool = True, snapshot_every: int = 0) -> GANTrainer:
     "Train (or resume from `<ckpt_dir>/last.pt`) a 3DGAN on `data` (a `ShowerData`); returns the `GANTrainer`."
     if max_steps is None and minutes is None: raise VMLInputError("give max_steps or minutes", field='max_steps')
     last = Path(ckpt_dir)/'last.pt' if ckpt_dir else None
@@ -567,11 +579,12 @@ def train_gan(data, cfg: GANConfig | None = None, ckpt_dir=None, max_steps: int 
         cfg = GANConfig(**ck['cfg'])
         u, cond = prepare_data(data, cfg, fit=False)
         tr = GANTrainer(cfg, u, cond, ckpt_dir, seed=ck['seed'], ckpt_every=ckpt_every, max_steps=max_steps,
-                        minutes=minutes, sparsity=ck['sparsity']).load(last)
+                        minutes=minutes, sparsity=ck['sparsity'], snapshot_every=snapshot_every).load(last)
     else:
         cfg = copy.deepcopy(cfg) if cfg is not None else GANConfig()
         u, cond = prepare_data(data, cfg, fit=True)
-        tr = GANTrainer(cfg, u, cond, ckpt_dir, seed=seed, ckpt_every=ckpt_every, max_steps=max_steps, minutes=minutes)
+        tr = GANTrainer(cfg, u, cond, ckpt_dir, seed=seed, ckpt_every=ckpt_every, max_steps=max_steps, minutes=minutes,
+                        snapshot_every=snapshot_every)
     return tr.fit(progress=progress, save_on_exit=save_on_exit)
 
 # %% ../../nbs/15_calo.gan.ipynb #4541c7b7
@@ -582,6 +595,7 @@ def load_gan(ck: dict, raw: bool = False) -> Generator:
     "The EMA generator (or with `raw`, the last trained weights, threshold re-calibrated) of a 3DGAN checkpoint dict, in eval mode."
     G = Generator(GANConfig(**ck['cfg']))
     G.load_state_dict(ck['G_ema']); G.eval()
+    if raw and 'G' not in ck: raise VMLInputError("this file holds only the EMA generator (a snapshot): no raw weights", field='raw')
     if raw and ck['G'].get('ro_on', False): G.load_state_dict(ck['G'])     # its own calibrated read-out
     elif raw:
         G.load_state_dict(ck['G']); G.threshold.fill_(0.)
@@ -657,6 +671,7 @@ def vml_train_gan(
     max_steps: int = None,       # Stop after this many optimisation steps (in total, across resumes)
     minutes: float = None,       # Stop after this much training time (in total, across resumes)
     ckpt_every: int = 100,       # Checkpoint every N steps
+    snapshot_every: int = 0,     # Also keep the EMA generator every N steps (snapshots/ema_<step>.pt; 0: off)
     seed: int = 0,               # Random seed (fixes init, noise, data order)
     batch_size: int = 32,        # Batch size
     width: float = 1.0,          # Channel multiplier
@@ -680,6 +695,7 @@ def vml_train_gan(
     if max_steps is not None and max_steps < 1: raise VMLInputError("must be >= 1", field='max_steps')
     if minutes is not None and not minutes > 0: raise VMLInputError("must be > 0", field='minutes')
     if ckpt_every < 1: raise VMLInputError("must be >= 1", field='ckpt_every')
+    if snapshot_every < 0: raise VMLInputError("must be >= 0", field='snapshot_every')
     if readout is not None and readout < 0: raise VMLInputError("must be >= 0", field='readout')
     if threads: set_threads(threads)
     path = Path(data) if data else g4_path('electrons')
@@ -689,7 +705,8 @@ def vml_train_gan(
                     d_cond=not plain_3dgan, d_features=not plain_3dgan, d_moments=moments and not plain_3dgan, cell_noise=cell_noise)
     ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
     if fresh and (ck/'last.pt').exists(): (ck/'last.pt').unlink()
-    tr = train_gan(sd, cfg, ck, max_steps=max_steps, minutes=minutes, ckpt_every=ckpt_every, seed=seed, progress=not quiet)
+    tr = train_gan(sd, cfg, ck, max_steps=max_steps, minutes=minutes, ckpt_every=ckpt_every, seed=seed, progress=not quiet,
+                   snapshot_every=snapshot_every)
     plot_losses(tr.history, ck/'losses.png')
     if readout is None or readout > 0:
         n_ro = min(readout or len(sd), len(sd))
