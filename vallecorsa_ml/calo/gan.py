@@ -26,9 +26,9 @@ from .data import (READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_rea
 # %% auto #0
 __all__ = ['PLANS', 'CONDS', 'GENERATORS', 'GANConfig', 'norm_cond', 'ecal_ratio_fn', 'to_u', 'from_u', 'PadConv3d', 'Generator',
            'check_conditions', 'Discriminator', 'n_params', 'prepare_data', 'gan_losses', 'GANStep', 'GANTrainer',
-           'plot_losses', 'train_gan', 'load_gan', 'load_generator', 'calibrate_readout', 'vml_train_gan',
-           'vml_generate', 'export_onnx', 'onnx_session', 'onnx_parity', 'g4_seconds_per_shower', 'bench_gan',
-           'BenchResult_g4', 'vml_bench_gan']
+           'plot_losses', 'train_gan', 'load_gan', 'load_generator', 'calibrate_readout', 'select_snapshot',
+           'plot_selection', 'vml_select_gan', 'vml_train_gan', 'vml_generate', 'export_onnx', 'onnx_session',
+           'onnx_parity', 'g4_seconds_per_shower', 'bench_gan', 'BenchResult_g4', 'vml_bench_gan']
 
 # %% ../../nbs/15_calo.gan.ipynb #3eaebb2f
 PLANS = {
@@ -653,6 +653,95 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
     else: G.threshold.fill_(thr0)                     # too few showers in every energy bin: keep the global threshold
     G.train(was)
     return fit
+
+# %% ../../nbs/15_calo.gan.ipynb #3e544749
+def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Sequence[int] = (1, 2), readout: int | None = None,
+                    epochs: int = 50, progress: bool = True, save: bool = True) -> list:
+    """Model selection among the last `last` EMA snapshots of a run (`<ckpt_dir>/snapshots/ema_*.pt`), on *training*
+    showers `data` (never the held-out test rows): each snapshot gets its read-out calibrated on the first `readout`
+    showers of `data` (None: all; 0: keep the snapshot as saved, no read-out), then the cls-high AUC of its showers
+    against the last `n_val` showers of `data`, at their energies, mean over `seeds` (sample and classifier seed).
+    With `save`, the lowest-AUC one goes to `<ckpt_dir>/best.pt` (read-out included, loadable by `load_generator`) and
+    the table to `selection.json`. → one dict per snapshot: step, auc, auc_sd, seconds."""
+    from vallecorsa_ml.calo.metrics import classifier_test
+    ckpt_dir = Path(ckpt_dir)
+    if last < 1: raise VMLInputError("last must be >= 1", field='last')
+    paths = sorted((ckpt_dir/'snapshots').glob('ema_*.pt'))[-int(last):]
+    if not paths: raise VMLInputError("no snapshots here: train with snapshot_every (vml-train-gan --snapshot-every N)", file=ckpt_dir/'snapshots')
+    if not 10 <= n_val <= len(data): raise VMLInputError(f"n_val must be in [10, {len(data)}] (the showers given), got {n_val}", field='n_val')
+    if readout is not None and readout < 0: raise VMLInputError("readout must be >= 0 (0: no read-out)", field='readout')
+    seeds = [int(s) for s in seeds]
+    if not seeds: raise VMLInputError("give at least one seed", field='seeds')
+    val = data[len(data) - n_val:]
+    rows, best = [], None
+    it = paths
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(paths, desc='snapshots', unit='snapshot')
+    for p in it:
+        t0 = time.perf_counter()
+        ck = torch.load(p, map_location='cpu', weights_only=False)
+        G = load_gan(ck)
+        if readout != 0: calibrate_readout(G, data, n=readout, n_ref=readout)
+        cfg = G.cfg
+        aucs = [classifier_test(G.sample(val.energies, val.theta if 'theta' in cfg.conds else None,
+                                         val.phi if 'phi' in cfg.conds else None, seed=s), val, 'high', epochs=epochs, seed=s)['auc']
+                for s in seeds]
+        r = dict(step=int(ck['step']), snapshot=p.name, auc=float(np.mean(aucs)), auc_sd=float(np.std(aucs)),
+                 seconds=time.perf_counter() - t0)
+        rows.append(r)
+        if best is None or r['auc'] < best[0]['auc']: best = (r, ck, G.state_dict())
+    if save:
+        r, ck, sd = best
+        sel = dict(r, n_val=n_val, seeds=seeds, readout=readout, candidates=[x['step'] for x in rows])
+        with atomic_write(ckpt_dir/'best.pt') as tmp: torch.save(dict(ck, G_ema=sd, selected=sel), tmp)
+        save_json(rows, ckpt_dir/'selection.json')
+    return rows
+
+def plot_selection(rows: list, path=None):
+    "Validation AUC (± spread over seeds) of each snapshot against its step; the chosen one marked."
+    import matplotlib.pyplot as plt
+    st, a, s = (np.array([r[k] for r in rows]) for k in ('step', 'auc', 'auc_sd'))
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.errorbar(st, a, s, fmt='o-', ms=4, capsize=2, label='validation (training rows)')
+    i = int(np.argmin(a)); ax.plot(st[i], a[i], 'r*', ms=14, label=f'chosen: step {st[i]}')
+    ax.set(xlabel='step', ylabel='cls-high AUC', title='EMA snapshots'); ax.legend(fontsize=8); fig.tight_layout()
+    if path: fig.savefig(path, dpi=90)
+    return fig
+
+@call_parse
+@cli_errors('vml-select-gan')
+def vml_select_gan(
+    name: str = 'ds2_electrons', # Run name (checkpoint folder under the cache)
+    ckpt_dir: str = None,        # Checkpoint folder (default: <cache>/gan/<name>)
+    data: str = None,            # The run's training HDF5 (default: shared Geant4 electrons)
+    start: int = 0,              # First training row (as given to vml-train-gan)
+    stop: int = None,            # Row after the last training row (as given to vml-train-gan: keep the test rows out)
+    geometry: str = None,        # Mesh of the file (default: inferred)
+    last: int = 8,               # Compare the last N snapshots
+    n_val: int = 2000,           # Validation showers: the last N training rows
+    seeds: str = '1,2',          # Sample/classifier seeds (AUC averaged)
+    readout: int = None,         # Calibrate each snapshot's read-out on this many training showers (default all; 0: off)
+    epochs: int = 50,            # Classifier epochs
+    threads: int = None,         # torch threads
+    quiet: bool = False,         # No progress bar
+):
+    "Pick the EMA snapshot of a run with the lowest validation AUC on training rows; writes `best.pt`, `selection.json/png`."
+    from vallecorsa_ml.calo.data import read_showers, g4_path
+    if threads: set_threads(threads)
+    ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
+    try: sd_seeds = [int(s) for s in str(seeds).split(',') if s.strip()]
+    except ValueError: raise VMLInputError(f"seeds must be integers separated by commas, got {seeds!r}", field='seeds') from None
+    sd = read_showers(Path(data) if data else g4_path('electrons'), geometry, start, stop)
+    with Timer() as t:
+        rows = select_snapshot(ck, sd, last=last, n_val=n_val, seeds=sd_seeds, readout=readout, epochs=epochs, progress=not quiet)
+    plot_selection(rows, ck/'selection.png')
+    print(md_table([{'step': r['step'], 'validation AUC': f"{r['auc']:.4f}", 'sd': f"{r['auc_sd']:.4f}", 's': f"{r['seconds']:.0f}"}
+                    for r in rows]))
+    b = min(rows, key=lambda r: r['auc'])
+    print(f"{ck/'best.pt'}: step {b['step']}, validation AUC {b['auc']:.4f} ({len(rows)} snapshots, {t.seconds/60:.1f} min)")
+    return rows
+
 
 # %% ../../nbs/15_calo.gan.ipynb #c73e51f1
 def _parse_conds(s: str) -> tuple:
