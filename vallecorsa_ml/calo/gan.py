@@ -25,10 +25,10 @@ from .data import (READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_rea
 
 # %% auto #0
 __all__ = ['PLANS', 'CONDS', 'GENERATORS', 'GANConfig', 'norm_cond', 'ecal_ratio_fn', 'to_u', 'from_u', 'PadConv3d', 'Generator',
-           'check_conditions', 'Discriminator', 'n_params', 'prepare_data', 'gan_losses', 'GANStep', 'GANTrainer',
-           'plot_losses', 'train_gan', 'load_gan', 'load_generator', 'calibrate_readout', 'select_snapshot',
-           'plot_selection', 'vml_select_gan', 'vml_train_gan', 'vml_generate', 'export_onnx', 'onnx_session',
-           'onnx_parity', 'g4_seconds_per_shower', 'bench_gan', 'BenchResult_g4', 'vml_bench_gan']
+           'check_conditions', 'Discriminator', 'n_params', 'prepare_data', 'gan_losses', 'GANStep', 'standing_bn',
+           'GANTrainer', 'plot_losses', 'train_gan', 'load_gan', 'load_generator', 'calibrate_readout',
+           'select_snapshot', 'plot_selection', 'vml_select_gan', 'vml_train_gan', 'vml_generate', 'export_onnx',
+           'onnx_session', 'onnx_parity', 'g4_seconds_per_shower', 'bench_gan', 'BenchResult_g4', 'vml_bench_gan']
 
 # %% ../../nbs/15_calo.gan.ipynb #3eaebb2f
 PLANS = {
@@ -437,6 +437,31 @@ class GANStep(Callback):
         if tr.snapshot_every and tr.step % tr.snapshot_every == 0: tr.snapshot()
         raise CancelBatchException
 
+@torch.no_grad()
+def standing_bn(G: nn.Module, cond: torch.Tensor, n_batches: int = 20, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Re-estimate the BatchNorm running statistics of `G` for its own weights ("standing statistics"): `n_batches`
+    forward passes in train mode on fresh noise and random rows of `cond` (physical conditions (N, n_cond)), averaged
+    with equal weights. The trainer copies the raw generator's running statistics into the EMA generator, whose weights
+    are a 1000-step average: statistics and weights then disagree (by up to 0.27σ in a channel's mean and 30% in its
+    variance at the end of the 60-minute run). Its own random generator: the global RNG is untouched. → `G` (eval mode)."""
+    cond = torch.as_tensor(cond, dtype=torch.float32)
+    if cond.ndim != 2 or len(cond) == 0: raise VMLInputError(f"cond must be (N, n_cond) with N > 0, got {tuple(cond.shape)}", field='cond')
+    if n_batches < 1 or batch_size < 2: raise VMLInputError("need n_batches >= 1 and batch_size >= 2", field='n_batches')
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns: return G.eval()
+    g = torch.Generator().manual_seed(int(seed))
+    mom = [m.momentum for m in bns]
+    for m in bns: m.reset_running_stats(); m.momentum = None      # None: cumulative (equal-weight) average
+    G.train()
+    try:
+        for _ in range(int(n_batches)):
+            c = cond[torch.randint(0, len(cond), (batch_size,), generator=g)]
+            G.forward_u(torch.randn(batch_size, G.cfg.z_dim, generator=g), c)
+    finally:
+        for m, mo in zip(bns, mom): m.momentum = mo
+        G.eval()
+    return G
+
 class GANTrainer:
     "Holds the networks, optimisers, EMA generator, history and position of a 3DGAN training run."
     def __init__(self, cfg: GANConfig, u, cond, ckpt_dir=None, seed: int = 0, ckpt_every: int = 100,
@@ -501,6 +526,7 @@ class GANTrainer:
     def snapshot(self) -> Path | None:
         "Save the EMA generator alone (`<ckpt_dir>/snapshots/ema_<step>.pt`, loadable by `load_generator`): the candidates `select_snapshot` compares."
         if self.ckpt_dir is None: return None
+        standing_bn(self.G_ema, self.cond)
         rng = _rng_state(); self.calibrate(); _set_rng_state(rng)
         path = self.ckpt_dir/'snapshots'/f'ema_{self.step:06d}.pt'
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -545,7 +571,8 @@ class GANTrainer:
         self._t0 = time.perf_counter()
         try: learn.fit(n_epoch, start_epoch=self.pos[0])
         finally:
-            if save_on_exit and self.step != self.saved_step: self.save()
+            standing_bn(self.G_ema, self.cond)      # the EMA generator's own BatchNorm statistics (training overwrites them)
+            if save_on_exit: self.save()
             self.seconds += self._elapsed(); self._t0 = None
         self.learn = learn
         return self
@@ -656,11 +683,13 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
 
 # %% ../../nbs/15_calo.gan.ipynb #3e544749
 def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Sequence[int] = (1, 2), readout: int | None = None,
-                    epochs: int = 50, progress: bool = True, save: bool = True) -> list:
+                    epochs: int = 50, progress: bool = True, save: bool = True, standing: bool = True) -> list:
     """Model selection among the last `last` EMA snapshots of a run (`<ckpt_dir>/snapshots/ema_*.pt`), on *training*
     showers `data` (never the held-out test rows): each snapshot gets its read-out calibrated on the first `readout`
     showers of `data` (None: all; 0: keep the snapshot as saved, no read-out), then the cls-high AUC of its showers
     against the last `n_val` showers of `data`, at their energies, mean over `seeds` (sample and classifier seed).
+    With `standing`, each snapshot's BatchNorm statistics are first re-estimated on the conditions of `data`
+    (`standing_bn`; snapshots written by this trainer already have them, older ones had the raw generator's).
     With `save`, the lowest-AUC one goes to `<ckpt_dir>/best.pt` (read-out included, loadable by `load_generator`) and
     the table to `selection.json`. → one dict per snapshot: step, auc, auc_sd, seconds."""
     from vallecorsa_ml.calo.metrics import classifier_test
@@ -681,9 +710,9 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Seq
     for p in it:
         t0 = time.perf_counter()
         ck = torch.load(p, map_location='cpu', weights_only=False)
-        G = load_gan(ck)
+        G = load_gan(ck); cfg = G.cfg
+        if standing: standing_bn(G, torch.tensor(_cond_array(data, cfg.conds)))
         if readout != 0: calibrate_readout(G, data, n=readout, n_ref=readout)
-        cfg = G.cfg
         aucs = [classifier_test(G.sample(val.energies, val.theta if 'theta' in cfg.conds else None,
                                          val.phi if 'phi' in cfg.conds else None, seed=s), val, 'high', epochs=epochs, seed=s)['auc']
                 for s in seeds]
