@@ -683,19 +683,25 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
 
 # %% ../../nbs/15_calo.gan.ipynb #3e544749
 def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Sequence[int] = (1, 2), readout: int | None = None,
-                    epochs: int = 50, progress: bool = True, save: bool = True, standing: bool = True) -> list:
+                    epochs: int = 50, progress: bool = True, save: bool = True, standing: bool = True,
+                    max_minutes: float | None = None) -> list:
     """Model selection among the last `last` EMA snapshots of a run (`<ckpt_dir>/snapshots/ema_*.pt`), on *training*
     showers `data` (never the held-out test rows): each snapshot gets its read-out calibrated on the first `readout`
     showers of `data` (None: all; 0: keep the snapshot as saved, no read-out), then the cls-high AUC of its showers
     against the last `n_val` showers of `data`, at their energies, mean over `seeds` (sample and classifier seed).
     With `standing`, each snapshot's BatchNorm statistics are first re-estimated on the conditions of `data`
     (`standing_bn`; snapshots written by this trainer already have them, older ones had the raw generator's).
+    `max_minutes` keeps only snapshots taken within that much training time (a budget for training + selection).
     With `save`, the lowest-AUC one goes to `<ckpt_dir>/best.pt` (read-out included, loadable by `load_generator`) and
     the table to `selection.json`. → one dict per snapshot: step, auc, auc_sd, seconds."""
     from vallecorsa_ml.calo.metrics import classifier_test
     ckpt_dir = Path(ckpt_dir)
     if last < 1: raise VMLInputError("last must be >= 1", field='last')
-    paths = sorted((ckpt_dir/'snapshots').glob('ema_*.pt'))[-int(last):]
+    paths = sorted((ckpt_dir/'snapshots').glob('ema_*.pt'))
+    if paths and max_minutes is not None:
+        paths = [p for p in paths if torch.load(p, map_location='cpu', weights_only=False).get('seconds', math.inf) <= max_minutes*60]
+        if not paths: raise VMLInputError(f"no snapshots within the first {max_minutes} minutes of training", field='max_minutes')
+    paths = paths[-int(last):]
     if not paths: raise VMLInputError("no snapshots here: train with snapshot_every (vml-train-gan --snapshot-every N)", file=ckpt_dir/'snapshots')
     if not 10 <= n_val <= len(data): raise VMLInputError(f"n_val must be in [10, {len(data)}] (the showers given), got {n_val}", field='n_val')
     if readout is not None and readout < 0: raise VMLInputError("readout must be >= 0 (0: no read-out)", field='readout')
@@ -716,13 +722,14 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Seq
         aucs = [classifier_test(G.sample(val.energies, val.theta if 'theta' in cfg.conds else None,
                                          val.phi if 'phi' in cfg.conds else None, seed=s), val, 'high', epochs=epochs, seed=s)['auc']
                 for s in seeds]
-        r = dict(step=int(ck['step']), snapshot=p.name, auc=float(np.mean(aucs)), auc_sd=float(np.std(aucs)),
-                 seconds=time.perf_counter() - t0)
+        r = dict(step=int(ck['step']), minutes=ck.get('seconds', math.nan)/60, snapshot=p.name, auc=float(np.mean(aucs)),
+                 auc_sd=float(np.std(aucs)), seconds=time.perf_counter() - t0)
         rows.append(r)
         if best is None or r['auc'] < best[0]['auc']: best = (r, ck, G.state_dict())
     if save:
         r, ck, sd = best
-        sel = dict(r, n_val=n_val, seeds=seeds, readout=readout, candidates=[x['step'] for x in rows])
+        sel = dict(r, n_val=n_val, seeds=seeds, readout=readout, standing=standing, max_minutes=max_minutes,
+                   candidates=[x['step'] for x in rows])
         with atomic_write(ckpt_dir/'best.pt') as tmp: torch.save(dict(ck, G_ema=sd, selected=sel), tmp)
         save_json(rows, ckpt_dir/'selection.json')
     return rows
@@ -751,6 +758,7 @@ def vml_select_gan(
     n_val: int = 2000,           # Validation showers: the last N training rows
     seeds: str = '1,2',          # Sample/classifier seeds (AUC averaged)
     readout: int = None,         # Calibrate each snapshot's read-out on this many training showers (default all; 0: off)
+    max_minutes: float = None,   # Only snapshots taken within this much training time
     epochs: int = 50,            # Classifier epochs
     threads: int = None,         # torch threads
     quiet: bool = False,         # No progress bar
@@ -763,9 +771,10 @@ def vml_select_gan(
     except ValueError: raise VMLInputError(f"seeds must be integers separated by commas, got {seeds!r}", field='seeds') from None
     sd = read_showers(Path(data) if data else g4_path('electrons'), geometry, start, stop)
     with Timer() as t:
-        rows = select_snapshot(ck, sd, last=last, n_val=n_val, seeds=sd_seeds, readout=readout, epochs=epochs, progress=not quiet)
+        rows = select_snapshot(ck, sd, last=last, n_val=n_val, seeds=sd_seeds, readout=readout, epochs=epochs, progress=not quiet,
+                               max_minutes=max_minutes)
     plot_selection(rows, ck/'selection.png')
-    print(md_table([{'step': r['step'], 'validation AUC': f"{r['auc']:.4f}", 'sd': f"{r['auc_sd']:.4f}", 's': f"{r['seconds']:.0f}"}
+    print(md_table([{'step': r['step'], 'minutes': f"{r['minutes']:.1f}", 'validation AUC': f"{r['auc']:.4f}", 'sd': f"{r['auc_sd']:.4f}", 's': f"{r['seconds']:.0f}"}
                     for r in rows]))
     b = min(rows, key=lambda r: r['auc'])
     print(f"{ck/'best.pt'}: step {b['step']}, validation AUC {b['auc']:.4f} ({len(rows)} snapshots, {t.seconds/60:.1f} min)")
