@@ -9,7 +9,7 @@ from vallecorsa_ml.calo.data import load_g4, write_showers, read_showers
 from vallecorsa_ml.calo.gan import load_generator, export_onnx, onnx_parity
 
 BIN = Path(sys.executable).parent
-TINY = ['--width', '0.25', '--batch-size', '8', '--threads', '1', '--quiet', '--ckpt-every', '3', '--seed', '5']
+TINY = ['--width', '0.25', '--batch-size', '8', '--threads', '1', '--quiet', '--ckpt-every', '3', '--seed', '5', '--snapshot-every', '6']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 
 
@@ -51,6 +51,29 @@ def test_resume_after_kill_is_identical(trained):
         for k, v in a[key].items(): assert torch.equal(v, b[key][k]), (key, k)
     assert [h['g'] for h in a['history']] == [h['g'] for h in b['history']]
     assert (d/'a'/'losses.png').stat().st_size > 1000
+
+
+def test_select_snapshot_cli(trained):
+    d, _, n = trained
+    snaps = sorted(p.name for p in (d/'a'/'snapshots').glob('ema_*.pt'))
+    assert snaps == [f'ema_{s:06d}.pt' for s in range(6, n + 1, 6)]
+    assert sorted(p.name for p in (d/'b'/'snapshots').glob('ema_*.pt')) == snaps        # the killed run's too
+    for s in snaps:       # snapshots of the killed-and-resumed run equal the uninterrupted run's
+        a = torch.load(d/'a'/'snapshots'/s, weights_only=False)['G_ema']; b = torch.load(d/'b'/'snapshots'/s, weights_only=False)['G_ema']
+        assert all(torch.equal(v, b[k]) for k, v in a.items()), s
+    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--last', 3, '--n-val', 20, '--seeds', '1,2',
+            '--readout', 0, '--epochs', 3, '--quiet', '--threads', 1)
+    assert r.returncode == 0, r.stderr
+    best = torch.load(d/'a'/'best.pt', weights_only=False)
+    assert best['selected']['candidates'] == [12, 18, 24] and best['selected']['step'] in (12, 18, 24)
+    assert f"step {best['selected']['step']}, validation AUC" in r.stdout and (d/'a'/'selection.png').stat().st_size > 1000
+    G = load_generator(d/'a'/'best.pt')
+    assert G.sample([float(best['cfg']['e_min'])*1.5], seed=0).showers.shape == (1, 45, 16, 9)
+    for args, msg in ((['--seeds', 'x'], 'seeds must be integers'), (['--n-val', 5], 'n_val'), (['--last', 0], 'last must be')):
+        r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--readout', 0, *args)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run('vml-select-gan', '--ckpt-dir', d, '--data', d/'train.h5')
+    assert r.returncode == 2 and 'no snapshots' in r.stderr
 
 
 def test_generate_writes_calochallenge(trained, tmp_path):

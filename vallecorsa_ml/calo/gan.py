@@ -433,8 +433,9 @@ class GANStep(Callback):
         tr.train_step(self.xb[0], self.yb[0])
         tr.pos = (self.epoch, self.iter + 1)
         self.learn.loss = torch.tensor(tr.history[-1]['g'])
-        if tr.step % tr.ckpt_every == 0: tr.save()
+        # snapshot before checkpoint: a run killed in between redoes the step, so no snapshot goes missing on resume
         if tr.snapshot_every and tr.step % tr.snapshot_every == 0: tr.snapshot()
+        if tr.step % tr.ckpt_every == 0: tr.save()
         raise CancelBatchException
 
 @torch.no_grad()
