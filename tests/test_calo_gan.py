@@ -1,5 +1,5 @@
 """3DGAN console scripts: training killed with SIGKILL resumes identically, generation, ONNX parity, bad inputs, benchmark."""
-import os, sys, time, signal, subprocess
+import os, sys, json, time, signal, subprocess
 from pathlib import Path
 import numpy as np
 import pytest
@@ -66,7 +66,12 @@ def test_select_snapshot_cli(trained):
     assert r.returncode == 0, r.stderr
     best = torch.load(d/'a'/'best.pt', weights_only=False)
     assert best['selected']['candidates'] == [12, 18, 24] and best['selected']['step'] in (12, 18, 24)
-    assert f"step {best['selected']['step']}, validation AUC" in r.stdout and (d/'a'/'selection.png').stat().st_size > 1000
+    assert f"step {best['selected']['step']}, validation AUC" in r.stdout and (d/'a'/'best_selection.png').stat().st_size > 1000
+    rows = json.load(open(d/'a'/'best_selection.json'))
+    assert [r['step'] for r in rows] == [12, 18, 24] and best['selected']['auc'] == min(r['auc'] for r in rows)
+    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--last', 2, '--n-val', 20, '--seeds', '1',
+            '--readout', 0, '--epochs', 2, '--quiet', '--threads', 1, '--out', d/'a'/'early.pt', '--max-minutes', 1e-9)
+    assert r.returncode == 2 and 'no snapshots within' in r.stderr
     G = load_generator(d/'a'/'best.pt')
     assert G.sample([float(best['cfg']['e_min'])*1.5], seed=0).showers.shape == (1, 45, 16, 9)
     for args, msg in ((['--seeds', 'x'], 'seeds must be integers'), (['--n-val', 5], 'n_val'), (['--last', 0], 'last must be')):

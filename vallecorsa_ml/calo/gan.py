@@ -685,7 +685,7 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
 # %% ../../nbs/15_calo.gan.ipynb #3e544749
 def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Sequence[int] = (1, 2), readout: int | None = None,
                     epochs: int = 50, progress: bool = True, save: bool = True, standing: bool = True,
-                    max_minutes: float | None = None) -> list:
+                    max_minutes: float | None = None, out=None) -> list:
     """Model selection among the last `last` EMA snapshots of a run (`<ckpt_dir>/snapshots/ema_*.pt`), on *training*
     showers `data` (never the held-out test rows): each snapshot gets its read-out calibrated on the first `readout`
     showers of `data` (None: all; 0: keep the snapshot as saved, no read-out), then the cls-high AUC of its showers
@@ -693,8 +693,8 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Seq
     With `standing`, each snapshot's BatchNorm statistics are first re-estimated on the conditions of `data`
     (`standing_bn`; snapshots written by this trainer already have them, older ones had the raw generator's).
     `max_minutes` keeps only snapshots taken within that much training time (a budget for training + selection).
-    With `save`, the lowest-AUC one goes to `<ckpt_dir>/best.pt` (read-out included, loadable by `load_generator`) and
-    the table to `selection.json`. → one dict per snapshot: step, auc, auc_sd, seconds."""
+    With `save`, the lowest-AUC one goes to `out` (default `<ckpt_dir>/best.pt`; read-out included, loadable by
+    `load_generator`) and the table beside it (`best_selection.json`). → one dict per snapshot: step, minutes (of training), snapshot, auc, auc_sd, seconds (spent here)."""
     from vallecorsa_ml.calo.metrics import classifier_test
     ckpt_dir = Path(ckpt_dir)
     if last < 1: raise VMLInputError("last must be >= 1", field='last')
@@ -731,8 +731,9 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Seq
         r, ck, sd = best
         sel = dict(r, n_val=n_val, seeds=seeds, readout=readout, standing=standing, max_minutes=max_minutes,
                    candidates=[x['step'] for x in rows])
-        with atomic_write(ckpt_dir/'best.pt') as tmp: torch.save(dict(ck, G_ema=sd, selected=sel), tmp)
-        save_json(rows, ckpt_dir/'selection.json')
+        out = Path(out) if out else ckpt_dir/'best.pt'
+        with atomic_write(out) as tmp: torch.save(dict(ck, G_ema=sd, selected=sel), tmp)
+        save_json(rows, out.with_name(out.stem + '_selection.json'))
     return rows
 
 def plot_selection(rows: list, path=None):
@@ -760,11 +761,12 @@ def vml_select_gan(
     seeds: str = '1,2',          # Sample/classifier seeds (AUC averaged)
     readout: int = None,         # Calibrate each snapshot's read-out on this many training showers (default all; 0: off)
     max_minutes: float = None,   # Only snapshots taken within this much training time
+    out: str = None,             # File for the chosen generator (default <ckpt-dir>/best.pt; table and plot beside it)
     epochs: int = 50,            # Classifier epochs
     threads: int = None,         # torch threads
     quiet: bool = False,         # No progress bar
 ):
-    "Pick the EMA snapshot of a run with the lowest validation AUC on training rows; writes `best.pt`, `selection.json/png`."
+    "Pick the EMA snapshot of a run with the lowest validation AUC on training rows; writes `best.pt`, `best_selection.json/png`."
     from vallecorsa_ml.calo.data import read_showers, g4_path
     if threads: set_threads(threads)
     ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
@@ -773,12 +775,13 @@ def vml_select_gan(
     sd = read_showers(Path(data) if data else g4_path('electrons'), geometry, start, stop)
     with Timer() as t:
         rows = select_snapshot(ck, sd, last=last, n_val=n_val, seeds=sd_seeds, readout=readout, epochs=epochs, progress=not quiet,
-                               max_minutes=max_minutes)
-    plot_selection(rows, ck/'selection.png')
+                               max_minutes=max_minutes, out=out)
+    dest = Path(out) if out else ck/'best.pt'
+    plot_selection(rows, dest.with_name(dest.stem + '_selection.png'))
     print(md_table([{'step': r['step'], 'minutes': f"{r['minutes']:.1f}", 'validation AUC': f"{r['auc']:.4f}", 'sd': f"{r['auc_sd']:.4f}", 's': f"{r['seconds']:.0f}"}
                     for r in rows]))
     b = min(rows, key=lambda r: r['auc'])
-    print(f"{ck/'best.pt'}: step {b['step']}, validation AUC {b['auc']:.4f} ({len(rows)} snapshots, {t.seconds/60:.1f} min)")
+    print(f"{dest}: step {b['step']}, validation AUC {b['auc']:.4f} ({len(rows)} snapshots, {t.seconds/60:.1f} min)")
     return rows
 
 
