@@ -81,6 +81,14 @@ def test_select_snapshot_cli(trained):
     assert r.returncode == 2 and 'no snapshots' in r.stderr
 
 
+def test_fresh_clears_old_snapshots(trained, tmp_path):
+    d, _, _ = trained
+    (tmp_path/'snapshots').mkdir(); (tmp_path/'snapshots'/'ema_000999.pt').write_bytes(b'from an earlier run')
+    r = run('vml-train-gan', '--data', d/'train.h5', '--max-steps', 6, *TINY, '--ckpt-dir', tmp_path, '--fresh', '--readout', 0)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path/'snapshots').iterdir()) == ['ema_000006.pt']
+
+
 def test_generate_writes_calochallenge(trained, tmp_path):
     d, _, _ = trained
     cfg = torch.load(d/'a'/'last.pt', weights_only=False)['cfg']

@@ -817,7 +817,7 @@ def vml_train_gan(
     readout: int = None,         # At the end: calibrate the read-out on this many training showers (default all; 0: off)
     bf16: bool = False,          # bf16 autocast (measure first: slower than FP32 for 3D convs here)
     threads: int = None,         # torch threads (1 is fastest on a busy 2-core machine)
-    fresh: bool = False,         # Ignore an existing checkpoint and start again
+    fresh: bool = False,         # Ignore an existing checkpoint, delete its snapshots, start again
     quiet: bool = False,         # No progress bar
 ):
     "Train the 3DGAN (resuming from the last checkpoint in `ckpt_dir`); prints where the checkpoint is."
@@ -835,7 +835,9 @@ def vml_train_gan(
                     batch_size=batch_size, g_steps=g_steps, lr_g=lr, lr_d=lr, bf16=bf16,
                     d_cond=not plain_3dgan, d_features=not plain_3dgan, d_moments=moments and not plain_3dgan, cell_noise=cell_noise)
     ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
-    if fresh and (ck/'last.pt').exists(): (ck/'last.pt').unlink()
+    if fresh:                        # a new run: its snapshots must not mix with an earlier run's
+        if (ck/'last.pt').exists(): (ck/'last.pt').unlink()
+        for p in (ck/'snapshots').glob('ema_*.pt'): p.unlink()
     tr = train_gan(sd, cfg, ck, max_steps=max_steps, minutes=minutes, ckpt_every=ckpt_every, seed=seed, progress=not quiet,
                    snapshot_every=snapshot_every)
     plot_losses(tr.history, ck/'losses.png')
