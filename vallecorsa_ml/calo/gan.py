@@ -674,7 +674,9 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
     if fit['fitted'].any():
         G.ro_thr.copy_(fit['thr']); G.ro_q.copy_(fit['q']); G.ro_r.copy_(fit['r']); G.ro_lq.zero_(); G.ro_lr.zero_()
         if layer_map:
-            gro = apply_readout(readout_view(gen, cfg.mesh), energy_bin(cond[:, 0]), fit['thr'], fit['q'], fit['r'])
+            # in chunks: the map's gathers are (showers, z, cells, knots) wide, 12 GB at once for 6000 showers
+            gro = torch.cat([apply_readout(readout_view(g, cfg.mesh), energy_bin(c[:, 0]), fit['thr'], fit['q'], fit['r'])
+                             for g, c in zip(gen.split(250), cond.split(250))])
             sm = fit_slice_map(gro, cond[:, 0], readout_view(ref, cfg.mesh), data.energies[:n_ref], min_showers=max(min_showers, 50))
             G.ro_lq.copy_(sm['q']); G.ro_lr.copy_(sm['r'])
         G.ro_on.fill_(True); G.readout_active = True
