@@ -772,13 +772,13 @@ def vml_select_gan(
     from vallecorsa_ml.calo.data import read_showers, g4_path
     if threads: set_threads(threads)
     ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
+    dest = Path(out) if out else ck/'best.pt'
     try: sd_seeds = [int(s) for s in str(seeds).split(',') if s.strip()]
     except ValueError: raise VMLInputError(f"seeds must be integers separated by commas, got {seeds!r}", field='seeds') from None
     sd = read_showers(Path(data) if data else g4_path('electrons'), geometry, start, stop)
     with Timer() as t:
         rows = select_snapshot(ck, sd, last=last, n_val=n_val, seeds=sd_seeds, readout=readout, epochs=epochs, progress=not quiet,
-                               max_minutes=max_minutes, out=out)
-    dest = Path(out) if out else ck/'best.pt'
+                               max_minutes=max_minutes, out=dest)
     plot_selection(rows, dest.with_name(dest.stem + '_selection.png'))
     print(md_table([{'step': r['step'], 'minutes': f"{r['minutes']:.1f}", 'validation AUC': f"{r['auc']:.4f}", 'sd': f"{r['auc_sd']:.4f}", 's': f"{r['seconds']:.0f}"}
                     for r in rows]))
