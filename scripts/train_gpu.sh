@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train a vml-train task on one GPU and print samples/s and peak GPU memory.
 #
-#   scripts/train_gpu.sh                      # 3DGAN adapter (calo_gan), full Geant4 electrons when shared/ is there
+#   scripts/train_gpu.sh                      # 3DGAN adapter (calo_gan) on all 5000 training electrons
 #   scripts/train_gpu.sh regressor 5 512      # TASK EPOCHS GLOBAL_BATCH, then any extra vml-train options:
-#   scripts/train_gpu.sh calo_gan 3 128 --bf16 --task-args '{"n_train": 7000, "n_valid": 1000, "shipped": false}'
+#   scripts/train_gpu.sh calo_gan 3 128 --bf16 --task-args '{"n_train": 5000, "n_valid": 1000}'
 #
 # Same engine and checkpoints as the CPU runs (vallecorsa_ml.distributed.ddp): a GPU checkpoint resumes on CPU
 # processes and back. Several GPUs on one machine: vml-train --device cuda --nproc N (NCCL).
@@ -23,8 +23,8 @@ print(f"GPU: {p.name}, {p.total_memory/2**30:.1f} GiB, torch {torch.__version__}
 PY
 extra=()
 if [ "$task" = calo_gan ] || [ "$task" = regressor ] || [ "$task" = profile_gan ]; then
-  if [[ " $* " != *" --task-args "* ]] && [ -f "$root/../shared/data/g4/ds2_electrons_1-100GeV_train.h5" ]; then
-    extra=(--task-args '{"n_train": 7000, "n_valid": 1000, "shipped": false}')
+  if [[ " $* " != *" --task-args "* ]]; then
+    extra=(--task-args '{"n_train": 5000, "n_valid": 1000}')
   fi
 fi
 vml_train=$(dirname "$py")/vml-train     # console script of the same environment (pip install -e .)

@@ -5,7 +5,6 @@ import numpy as np
 import h5py
 import pytest
 
-from vallecorsa_ml.core import shared_dir
 from vallecorsa_ml.calo.geometry import DS2
 from vallecorsa_ml.calo.data import ShowerData, read_showers, write_showers, load_g4, g4_path, validate_file
 from vallecorsa_ml.calo.features import high_level_features
@@ -13,7 +12,6 @@ from vallecorsa_ml.calo.metrics import classifier_test, fpd, separation_power
 from vallecorsa_ml.calo.features import hlf_matrix
 
 BIN = Path(sys.executable).parent
-HAS_SHARED = shared_dir() is not None and (shared_dir()/'data'/'g4'/'ds2_electrons_1-100GeV_train.h5').exists()
 
 
 def run(*args, **kw):
@@ -23,7 +21,7 @@ def run(*args, **kw):
 @pytest.fixture(scope='module')
 def g4_files(tmp_path_factory):
     d = tmp_path_factory.mktemp('calo')
-    g4 = load_g4('electrons', shipped=True)
+    g4 = load_g4('electrons', 'train', n=500)
     write_showers(d/'a.h5', g4[:250]); write_showers(d/'b.h5', g4[250:])
     return d, g4
 
@@ -103,7 +101,7 @@ def test_streaming_100k_rss(tmp_path):
 
 
 def test_write_read_roundtrip_exact(tmp_path):
-    g4 = load_g4('photons', shipped=True)
+    g4 = load_g4('photons', 'train', n=200)
     write_showers(tmp_path/'p.h5', g4)
     back = read_showers(tmp_path/'p.h5')
     assert np.array_equal(back.showers, g4.showers) and np.array_equal(back.energies, g4.energies)
@@ -111,10 +109,9 @@ def test_write_read_roundtrip_exact(tmp_path):
     assert validate_file(tmp_path/'p.h5')['angles']
 
 
-@pytest.mark.skipif(not HAS_SHARED, reason='needs ../shared/data/g4 (8000 Geant4 electrons)')
 def test_cls_high_geant4_halves():
     "cls-high of two halves of the Geant4 electrons (seeds 101 and 102): AUC within 0.5 ± 0.03."
-    g4 = load_g4('electrons')
+    g4 = load_g4('electrons', 'all')      # Geant4 against Geant4: nothing is fitted to these rows
     a, b = g4[:4000], g4[4000:]
     # the official settings (50 epochs, batch 1000, lr 2e-4); one thread (default), ~20 s per test on 2 cores
     r = classifier_test(b, a, 'high', epochs=50, seed=0)
@@ -142,7 +139,7 @@ def test_fpd_self_zero_and_shift():
 def test_cls_high_geant4_vs_simulator():
     "Geant4 vs the built-in simulator: AUC clearly above the Geant4-vs-Geant4 value."
     sim_mod = pytest.importorskip('vallecorsa_ml.calo.simulate')
-    g4 = load_g4('electrons', n=4000 if HAS_SHARED else None)
+    g4 = load_g4('electrons', 'train', n=4000)
     sim = sim_mod.simulate(g4.energies, particle='e-', geometry='ds2', seed=3)
     r = classifier_test(sim, g4, 'high', epochs=50, seed=0)
     print('Geant4 vs built-in simulator, cls-high:', r)

@@ -1,4 +1,4 @@
-"Diffusion transformer (issue 5): console scripts, bad input, end to end on the shipped Geant4 samples."
+"Diffusion transformer (issue 5): console scripts, bad input, end to end on a few shipped Geant4 showers."
 import math, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -16,7 +16,7 @@ def test_cli_bad_input(tmp_path):
     r = _run(BIN/'vml-train-dit', '--ckpt', tmp_path/'none.pth', '--resume')
     assert r.returncode == 2 and r.stderr.strip().startswith('vml-train-dit: error:') and 'nothing to resume' in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    r = _run(BIN/'vml-train-dit', '--ckpt', tmp_path/'x.pth', '--patch', '4,4,9', '--shipped')
+    r = _run(BIN/'vml-train-dit', '--ckpt', tmp_path/'x.pth', '--patch', '4,4,9')
     assert r.returncode == 2 and 'does not divide' in r.stderr
     r = _run(BIN/'vml-generate', '--checkpoint', tmp_path/'missing.pth', '--out', tmp_path/'o.h5')
     assert r.returncode == 2 and 'checkpoint not found' in r.stderr
@@ -28,7 +28,7 @@ def test_cli_bad_input(tmp_path):
 def test_train_resume_generate_end_to_end(tmp_path):
     ck = tmp_path/'dit.pth'
     common = ['--ckpt', ck, '--dim', 32, '--depth', 1, '--heads', 2, '--electrons', 48, '--photons', 48, '--pbwo4', 16,
-              '--bs', 16, '--shipped', '--quiet']
+              '--bs', 16, '--quiet']
     r = _run(BIN/'vml-train-dit', '--epochs', 1, *common)
     assert r.returncode == 0, r.stderr
     c1 = torch.load(ck, weights_only=False)

@@ -26,7 +26,7 @@ def _step(path):
 def trained(tmp_path_factory):
     "An uninterrupted tiny run (A) and the same run killed with SIGKILL mid-way and resumed (B)."
     d = tmp_path_factory.mktemp('gan')
-    write_showers(d/'train.h5', load_g4('electrons', n=64, shipped=True))
+    write_showers(d/'train.h5', load_g4('electrons', 'train', n=64))
     n = 24
     args = ['vml-train-gan', '--data', d/'train.h5', '--max-steps', n, *TINY]
     r = run(*args, '--ckpt-dir', d/'a')

@@ -47,7 +47,7 @@ VARIANTS = {   # name: (config kw, epochs, lr, extra); 109 steps per epoch at bs
 }
 
 
-def train_variant(name, out, budget_s, device='cuda', seed=0, n_eval=1000, sizes=(7000, 3000, 2000)):
+def train_variant(name, out, budget_s, device='cuda', seed=0, n_eval=1000, sizes=(None, None, 2000)):
     _install_stubs()
     import numpy as np, torch
     torch.set_num_threads(2)
@@ -113,7 +113,7 @@ def train_variant(name, out, budget_s, device='cuda', seed=0, n_eval=1000, sizes
     torch.save(ck, os.path.join(out, f'{name}.pth'))
     # judge on the held-out Geant4 photons on the CPU
     m = CaloDiT(DiTConfig(**cfg)); m.load_state_dict(sd); m.eval()
-    ref = load_g4('photons', n_eval, start=3000)
+    ref = load_g4('photons', 'test', n_eval)
     t3 = time.time()
     gen = m.sample(ref.energies, ref.theta, ref.phi, detector='g4_photons', seed=0, steps=12)
     t_gen = time.time() - t3

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from fastcore.script import call_parse
 from .core import cli_errors, check_profile, VMLInputError, PROFILES, md_table
-from .pipeline import run_pipeline, topic_notebooks
+from .pipeline import run_pipeline, topic_notebooks, record_results
 
 # %% auto #0
 __all__ = ['vml_run', 'vml_commands']
@@ -24,6 +24,7 @@ def vml_run(
     runs: str = 'runs',      # Folder that receives <timestamp>/ with the executed notebooks and the report
     timeout: float = None,   # Per-cell timeout in seconds (none by default)
     ls: bool = False,        # Only list the topic notebooks and exit
+    record: bool = False,    # Also write results/<notebook>.json (metrics + provenance) for the docs to quote
 ):
     "Execute the topic notebooks with papermill, gather their metrics.json and write runs/<timestamp>/report.{md,html}."
     check_profile(profile)
@@ -31,6 +32,8 @@ def vml_run(
         for p in topic_notebooks(): print(p.stem)
         return
     run_dir, results = run_pipeline(list(notebooks) or None, profile=profile, runs_dir=runs, timeout=timeout)
+    if record:
+        for p in record_results(results, profile): print(f"recorded {p}")
     failed = [r for r in results if r.status != 'ok']
     print(f"report: {run_dir/'report.html'}  ({len(results)-len(failed)}/{len(results)} ok)")
     if failed:

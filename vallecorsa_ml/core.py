@@ -14,9 +14,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['PROFILES', 'VMLError', 'VMLInputError', 'seed_everything', 'data_dir', 'cache_dir', 'repo_root', 'shipped_data',
-           'shared_dir', 'atomic_write', 'save_json', 'load_json', 'check_profile', 'pick', 'run_folder',
-           'save_metrics', 'BenchResult', 'Timer', 'bench', 'md_table', 'bench_table', 'set_threads', 'cpu_info',
-           'cli_errors']
+           'atomic_write', 'save_json', 'load_json', 'check_profile', 'pick', 'run_folder', 'save_metrics',
+           'BenchResult', 'Timer', 'bench', 'md_table', 'bench_table', 'set_threads', 'cpu_info', 'git_commit',
+           'provenance', 'cli_errors']
 
 # %% ../nbs/00_core.ipynb #2650e9be
 class VMLError(Exception):
@@ -75,14 +75,6 @@ def shipped_data(name: str = '') -> Path:
     if p is None or not p.exists():
         raise VMLInputError("shipped sample not found (run from a checkout of vallecorsa_ml)", file=f"data/{name}")
     return p
-
-def shared_dir() -> Path | None:
-    "The read-only `shared/` folder beside the checkout (or `$VML_SHARED`), None when absent."
-    env = os.environ.get('VML_SHARED')
-    cands = [Path(env)] if env else []
-    root = repo_root()
-    if root: cands += [root.parent/'shared', root/'shared']
-    return next((c for c in cands if c.is_dir()), None)
 
 # %% ../nbs/00_core.ipynb #3cf7fb5b
 @contextlib.contextmanager
@@ -252,6 +244,28 @@ def cpu_info() -> dict:
         import torch; info['torch'] = torch.__version__; info['torch_threads'] = torch.get_num_threads()
     except ImportError: pass
     return info
+
+# %% ../nbs/00_core.ipynb #7b91a8a0
+def git_commit(root: str | os.PathLike | None = None) -> tuple:
+    "(commit hash, has uncommitted changes) of the checkout at `root` (default: this package's), or (None, None) outside git."
+    import subprocess
+    root = Path(root) if root else repo_root()
+    if root is None: return None, None
+    try:
+        h = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, timeout=10)
+        d = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError): return None, None
+    if h.returncode != 0: return None, None
+    return h.stdout.strip(), bool(d.stdout.strip())
+
+def provenance(command: str | None = None) -> dict:
+    "Where a result comes from: command, commit (+ dirty flag), CPU model and ISA flags, versions, UTC date."
+    commit, dirty = git_commit()
+    info = cpu_info()
+    return dict(command=command if command is not None else ' '.join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                commit=commit, dirty=dirty, cpu=info.get('model', ''), isa=info.get('isa', []), cpus=info.get('cpus'),
+                python=info.get('python'), torch=info.get('torch'),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))
 
 # %% ../nbs/00_core.ipynb #0bc0442b
 def cli_errors(prog: str):

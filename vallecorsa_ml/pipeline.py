@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Sequence
 import nbformat
 from .core import (VMLInputError, check_profile, save_json, load_json, repo_root, md_table, atomic_write,
-                                 PROFILES)
+                                 PROFILES, provenance)
 
 # %% auto #0
 __all__ = ['nbs_dir', 'parameters_cell', 'topic_notebooks', 'resolve_notebooks', 'make_test_notebook', 'NotebookRun',
-           'run_notebook', 'write_report', 'run_pipeline']
+           'run_notebook', 'write_report', 'run_pipeline', 'results_dir', 'record_results', 'load_results',
+           'results_table', 'show_results']
 
 # %% ../nbs/01_pipeline.ipynb #d3224995
 def nbs_dir() -> Path:
@@ -209,3 +210,46 @@ def run_pipeline(notebooks: Sequence[str] | None = None, profile: str = 'quick',
                   run_dir/'summary.json')
     write_report(results, run_dir, profile, started.isoformat(timespec='seconds'))
     return run_dir, results
+
+# %% ../nbs/01_pipeline.ipynb #3de4ea0c
+def results_dir() -> Path:
+    "The checkout's `results/` folder (recorded headline figures, committed)."
+    root = repo_root()
+    if root is None: raise VMLInputError("not running from a checkout: results/ lives in the repository", field='results')
+    return root/'results'
+
+def record_results(results: Sequence[NotebookRun], profile: str, command: str | None = None, folder=None) -> list[Path]:
+    "Write `results/<notebook>.json` (metrics + provenance) for every notebook of `results` that ran ok; → the files."
+    folder = Path(folder) if folder else results_dir()
+    prov, out = provenance(command), []
+    for r in results:
+        if r.status != 'ok': continue
+        out.append(save_json(dict(notebook=r.name, profile=profile, seconds=round(r.seconds, 1), provenance=prov,
+                                  metrics=r.metrics), folder/f'{r.name}.json'))
+    return out
+
+def load_results(notebook: str, folder=None) -> dict | None:
+    "The recorded results of `notebook` (stem, e.g. '31_traffic.models'), or None when none are recorded."
+    p = (Path(folder) if folder else results_dir())/f'{notebook}.json'
+    return load_json(p) if p.exists() else None
+
+def results_table(notebook: str, keys: Sequence[str] | None = None, labels: dict | None = None, folder=None) -> str:
+    "Markdown: the recorded `keys` (default all) of `notebook` with a provenance line; a plain note when nothing is recorded."
+    res = load_results(notebook, folder)
+    if res is None:
+        return f"*No results recorded for `{notebook}` yet: run `vml-run {notebook} --profile full --record`.*"
+    m, labels = res['metrics'], labels or {}
+    missing = [k for k in (keys or []) if k not in m]
+    if missing: raise VMLInputError(f"not in the recorded metrics of {notebook}: {', '.join(missing)}", field='keys')
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    rows = [{'figure': labels.get(k, k), 'value': fmt(m[k])} for k in (keys or m)]
+    pv = res['provenance']
+    src = (f"*`{pv['command']}` (profile `{res['profile']}`), commit `{(pv['commit'] or '?')[:10]}`"
+           + (' with local changes' if pv.get('dirty') else '') + f", {pv['cpu']} ({', '.join(pv.get('isa') or []) or 'no AVX-512'}), "
+           f"{pv['cpus']} CPUs, {pv['date'][:10]}; {res['seconds']:.0f} s.*")
+    return md_table(rows) + '\n\n' + src
+
+def show_results(notebook: str, keys: Sequence[str] | None = None, labels: dict | None = None):
+    "Display `results_table` as markdown (in a notebook)."
+    from IPython.display import Markdown, display
+    display(Markdown(results_table(notebook, keys, labels)))

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Iterator
 import numpy as np
 import h5py
-from ..core import VMLInputError, atomic_write, shipped_data, shared_dir, seed_everything
+from ..core import VMLInputError, atomic_write, seed_everything
+from ..datasets import dataset_path, split_rows, check_not_heldout
 from .geometry import CylMesh, CartMesh, get_geometry, infer_geometry, mesh_dict, DS2, CART25, CART51
 
 # %% auto #0
-__all__ = ['G4_FILES', 'G4_SHIPPED', 'READOUT_EDGES', 'MAP_KNOTS', 'ShowerData', 'concat_showers', 'read_showers', 'iter_showers',
-           'validate_file', 'write_showers', 'g4_path', 'load_g4', 'ShowerTransform', 'EincScale', 'LogTransform',
+__all__ = ['G4_DATASETS', 'G4_CPU_S_PER_SHOWER', 'G4_CPU_S_PER_GEV', 'SAMPLING_FRACTION', 'READOUT_EDGES', 'MAP_KNOTS',
+           'ShowerData', 'concat_showers', 'read_showers', 'iter_showers', 'validate_file', 'write_showers', 'g4_path',
+           'load_g4', 'load_showers', 'g4_cpu_seconds', 'ShowerTransform', 'EincScale', 'LogTransform',
            'PowerTransform', 'Compose', 'condition_vector', 'ShowerDataset', 'shower_dataloaders', 'energy_bin',
            'readout_view', 'cell_map', 'apply_readout', 'fit_readout', 'fit_slice_map', 'apply_slice_map']
 
@@ -57,7 +59,12 @@ class ShowerData:
         if isinstance(idx, (int, np.integer)):
             idx = slice(int(idx), int(idx) + 1) if idx != -1 else slice(-1, None)
         sel = lambda a: None if a is None else a[idx]
-        return ShowerData(self.showers[idx], self.energies[idx], sel(self.theta), sel(self.phi), self.geometry, dict(self.attrs))
+        attrs = dict(self.attrs)
+        src = attrs.get('sources')
+        if src and len(src) == 1 and isinstance(idx, slice) and idx.step in (None, 1):
+            f, a, b = src[0]; lo, hi, _ = idx.indices(len(self))           # a plain slice: the rows it keeps
+            attrs['sources'] = [(f, a + lo, a + max(lo, hi))]
+        return ShowerData(self.showers[idx], self.energies[idx], sel(self.theta), sel(self.phi), self.geometry, attrs)
 
     @property
     def flat(self) -> np.ndarray:
@@ -77,7 +84,8 @@ def concat_showers(parts: list) -> ShowerData:
     if any(p.geometry != g for p in parts): raise VMLInputError("samples are on different geometries", field='geometry')
     has = lambda k: all(getattr(p, k) is not None for p in parts)
     cat = lambda k: np.concatenate([getattr(p, k) for p in parts]) if has(k) else None
-    return ShowerData(np.concatenate([p.showers for p in parts]), cat('energies'), cat('theta'), cat('phi'), g, dict(parts[0].attrs))
+    attrs = dict(parts[0].attrs, sources=[s for p in parts for s in p.attrs.get('sources', [])])
+    return ShowerData(np.concatenate([p.showers for p in parts]), cat('energies'), cat('theta'), cat('phi'), g, attrs)
 
 # %% ../../nbs/11_calo.data.ipynb #e09fff97
 def _open(path):
@@ -177,7 +185,7 @@ def read_showers(path, geometry=None, start: int = 0, stop: int | None = None, c
             sh = sh*np.float32(scale); e = e*scale
             if th is None and keys.get('eta'):
                 th = 2*np.arctan(np.exp(-np.asarray(rd('eta'), dtype=np.float64)))
-        attrs = _attrs(f); attrs.update(file=str(path), format=fmt)
+        attrs = _attrs(f); attrs.update(file=str(path), format=fmt, sources=[(str(path), start, stop)])
     if check:
         _check_values(sh, path, keys['showers'])
         _check_values(e, path, keys['energies'])
@@ -206,7 +214,7 @@ def validate_file(path, geometry=None, chunk_size: int = 1000) -> dict:
                 e_max_MeV=float(emax), deposited_MeV=etot, angles=bool(keys.get('theta') or keys.get('eta')))
 
 # %% ../../nbs/11_calo.data.ipynb #181b845b
-_SKIP_ATTRS = ('file', 'format', 'vml_geometry')
+_SKIP_ATTRS = ('file', 'format', 'vml_geometry', 'sources')
 
 def write_showers(path, data: ShowerData, fmt: str = 'calochallenge', compression: str | None = 'gzip', attrs: dict | None = None) -> Path:
     "Write `data` as CaloChallenge (`fmt='calochallenge'`) or 3DGAN (`fmt='3dgan'`, GeV) HDF5, atomically."
@@ -243,19 +251,50 @@ def write_showers(path, data: ShowerData, fmt: str = 'calochallenge', compressio
     return path
 
 # %% ../../nbs/11_calo.data.ipynb #f9966beb
-G4_FILES = {'electrons': 'ds2_electrons_1-100GeV_train.h5', 'photons': 'ds2_photons_10-100GeV_angles_train.h5'}
-G4_SHIPPED = {'electrons': 'g4_ds2_electrons_500.h5', 'photons': 'g4_ds2_photons_200.h5'}
+G4_DATASETS = {'electrons': 'g4-electrons', 'photons': 'g4-photons'}
 
-def g4_path(kind: str = 'electrons', shipped: bool = False) -> Path:
-    "Path of the Geant4 reference file `kind` ('electrons' | 'photons') in `shared/data/g4/`, else the `data/` sample."
-    if kind not in G4_FILES: raise VMLInputError(f"unknown Geant4 sample {kind!r}; choose one of {', '.join(G4_FILES)}", field='kind')
-    sd = shared_dir()
-    if not shipped and sd is not None and (sd/'data'/'g4'/G4_FILES[kind]).exists(): return sd/'data'/'g4'/G4_FILES[kind]
-    return shipped_data(G4_SHIPPED[kind])
+def g4_path(kind: str = 'electrons') -> Path:
+    "Path of the shipped Geant4 reference file `kind` ('electrons' | 'photons') in `data/g4/`."
+    if kind not in G4_DATASETS: raise VMLInputError(f"unknown Geant4 sample {kind!r}; choose one of {', '.join(G4_DATASETS)}", field='kind')
+    return dataset_path(G4_DATASETS[kind])
 
-def load_g4(kind: str = 'electrons', n: int | None = None, start: int = 0, shipped: bool = False) -> ShowerData:
-    "Load `n` Geant4 reference showers of `kind` from row `start` (all when `n` is None)."
-    return read_showers(g4_path(kind, shipped), 'ds2', start, None if n is None else start + n)
+def load_g4(kind: str = 'electrons', split: str = 'train', n: int | None = None) -> ShowerData:
+    "The first `n` (all when None) Geant4 reference showers of `kind` in `split` ('train', 'valid', 'test', 'all')."
+    if kind not in G4_DATASETS: raise VMLInputError(f"unknown Geant4 sample {kind!r}; choose one of {', '.join(G4_DATASETS)}", field='kind')
+    start, stop = split_rows(G4_DATASETS[kind], split)
+    if n is not None:
+        if not 0 < n <= stop - start: raise VMLInputError(f"n must be in [1, {stop - start}] (the {split} rows of {kind}), got {n}", field='n')
+        stop = start + int(n)
+    d = read_showers(g4_path(kind), 'ds2', start, stop)
+    d.attrs['split'] = split
+    return d
+
+def load_showers(data: str = 'g4-electrons', split: str | None = None, start: int = 0, stop: int | None = None,
+                 geometry=None) -> ShowerData:
+    """Showers from a shipped dataset by name (rows of its `split`, default 'train'; `start`/`stop` count within the
+    split) or from any CaloChallenge/3DGAN file (`data` a path or a name in the cache; rows `start:stop`)."""
+    from vallecorsa_ml.datasets import SHIPPED
+    if data in SHIPPED and SHIPPED[data].splits:
+        split = split or 'train'
+        a, b = split_rows(data, split)
+        lo, hi = a + int(start), b if stop is None else min(b, a + int(stop))
+        if not a <= lo <= hi: raise VMLInputError(f"bad row range {start}:{stop} within the {split} rows of {data} ({b - a} rows)", field='start')
+        d = read_showers(dataset_path(data), geometry, lo, hi)
+        d.attrs['split'] = split
+        return d
+    if split not in (None, 'all'): raise VMLInputError(f"splits apply to the shipped datasets with splits, not to {data!r}: use start/stop", field='split')
+    return read_showers(dataset_path(data), geometry, start, stop)
+
+# %% ../../nbs/11_calo.data.ipynb #0548a6d3
+G4_CPU_S_PER_SHOWER = {10: 0.049, 50: 0.24, 100: 0.49}   # Geant4 CPU s per e- shower at 10/50/100 GeV, one core (data/g4/README.md)
+G4_CPU_S_PER_GEV = 4.9e-3                                # the same, as a linear law in the primary energy
+SAMPLING_FRACTION = 0.0320                               # sum(showers)/E of the Geant4 electrons, 1-100 GeV (data/g4/README.md)
+
+def g4_cpu_seconds(energies_MeV) -> np.ndarray:
+    "Geant4 CPU seconds per shower (one core) at incident energies `energies_MeV` (the README's linear law)."
+    e = np.asarray(energies_MeV, np.float64)
+    if e.size == 0 or (e <= 0).any(): raise VMLInputError("energies must be > 0", field='energies')
+    return G4_CPU_S_PER_GEV*e/1e3
 
 # %% ../../nbs/11_calo.data.ipynb #4d18023e
 class ShowerTransform:

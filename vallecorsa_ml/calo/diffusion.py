@@ -20,6 +20,7 @@ from timm.models.vision_transformer import Attention
 from fastcore.script import call_parse
 from ..core import *
 from .data import READOUT_EDGES, MAP_KNOTS, apply_readout, fit_readout
+from ..datasets import check_not_heldout
 
 # %% auto #0
 __all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
@@ -580,6 +581,7 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
               device: str | torch.device = 'cpu') -> tuple:
     "Train a `CaloDiT` on `[(ShowerData, detector), ...]` with the 1cycle policy; resume from `ckpt` when asked. → (model with EMA weights, learner)."
     if epochs < 1: raise VMLInputError("epochs must be >= 1", field='epochs')
+    for d, _ in parts: check_not_heldout(d, 'training')
     start, ck = 0, None
     if resume and ckpt is not None and Path(ckpt).exists():
         ck = torch.load(ckpt, map_location='cpu', weights_only=False)
@@ -603,7 +605,7 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
     if ck is None: model.fit_range(tr.y, tr.cond)
     va = dit_dataset(valid_parts, model.transform, lt) if valid_parts else None
     learn = dit_learner(model, tr, va, bs=bs, seed=seed, bf16=bf16, ckpt=ckpt, progress=progress, device=device,
-                        meta=dict(epochs=epochs, lr=lr))
+                        meta=dict(epochs=epochs, lr=lr, sources={det: d.attrs.get('sources') for d, det in parts}))
     if ck is not None:
         model.load_state_dict(ck['model'])
         learn.create_opt()
@@ -615,13 +617,13 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
     return out.eval(), learn
 
 # %% ../../nbs/16_calo.diffusion.ipynb #96069ebb
-def training_parts(n_electrons: int = 5000, n_photons: int = 3000, n_pbwo4: int = 2000, seed: int = 0,
-                   shipped: bool = False) -> list:
-    "`[(ShowerData, detector), ...]` for training: Geant4 e- and γ (first rows; the last 1000 of each file are held out) + simulated PbWO4 e- and γ."
+def training_parts(n_electrons: int | None = None, n_photons: int | None = None, n_pbwo4: int = 2000, seed: int = 0,
+                   split: str = 'train') -> list:
+    "`[(ShowerData, detector), ...]`: the first Geant4 e- and γ of `split` (None: all of it; 0: none) + `n_pbwo4` simulated PbWO4 e- and γ each."
     from vallecorsa_ml.calo.data import load_g4
     parts = []
-    if n_electrons: parts.append((load_g4('electrons', n_electrons, shipped=shipped), 'g4_electrons'))
-    if n_photons: parts.append((load_g4('photons', n_photons, shipped=shipped), 'g4_photons'))
+    if n_electrons != 0: parts.append((load_g4('electrons', split, n_electrons), 'g4_electrons'))
+    if n_photons != 0: parts.append((load_g4('photons', split, n_photons), 'g4_photons'))
     if n_pbwo4:
         from vallecorsa_ml.calo.simulate import simulate
         rng = np.random.default_rng([seed, 4])
@@ -640,6 +642,7 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
     from dataclasses import replace
     if not model.config.layer_model: raise VMLInputError("not a two-stage model (layer_model=False)", field='model')
     if max_steps is None and not (minutes and minutes > 0): raise VMLInputError("give minutes > 0 or max_steps", field='minutes')
+    for d, _ in parts: check_not_heldout(d, 'training')
     seed_everything(seed)                              # the new stage 1's initialisation depends on the seed only
     m = CaloDiT(replace(model.config, layer_total=total))
     keep = {k: v for k, v in model.state_dict().items() if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max'}
@@ -673,6 +676,7 @@ def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, s
     """Calibrate the read-out of `model` (`calo.data.fit_readout`: cell thresholds and, with `value_map`, the cell-energy
     map) per detector, energy bin and (z, r): the model's raw cells, sampled for the conditions of the first `n` showers
     of each part, against the first `n_ref` training showers of the part. → {detector: generated showers}."""
+    for d, _ in parts: check_not_heldout(d, 'read-out calibration')
     Z, P, R = model.config.shape
     model.cell_thr.fill_(model.config.thr); model.map_on.fill_(False); model.map_q.zero_(); model.map_r.zero_()
     groups = {}
@@ -712,18 +716,18 @@ def vml_train_dit(
     patch: str = '5,2,9',      # Patch size (z, phi, r): 90 cells per token (5,2,3: 30, finer and 3.5x slower)
     no_layers: bool = False,   # One stage: no layer-energy model (stage 1) before the shower
     no_total: bool = False,    # Stage 1 without its response (total-energy) coordinate
-    stage1_only: bool = False, # Retrain only stage 1 of the model in --ckpt for --minutes (default 3.5), written back to --ckpt
+    stage1_only: bool = False, # Retrain only stage 1 of the model in --ckpt for --stage1-steps, written back to --ckpt
+    stage1_steps: int = 5300,  # Optimisation steps of the stage-1 retraining (--stage1-only)
     calibrate: int = 250,      # After training: calibrate the read-out (cell thresholds, energy map) on this many showers per detector (0: off)
     calibrate_steps: int = 16, # Heun steps of the calibration sampling (use the steps you will generate with)
     calibrate_only: bool = False, # Only calibrate the read-out of the model in --ckpt (written back to --ckpt)
-    electrons: int = 5000,     # Geant4 electrons (detector 0)
-    photons: int = 3000,       # Geant4 photons with angles (detector 1)
+    electrons: int = None,     # Geant4 electrons (detector 0): the first N training rows (default: all 5000; 0: none)
+    photons: int = None,       # Geant4 photons with angles (detector 1): the first N training rows (default: all 2500; 0: none)
     pbwo4: int = 2000,         # Simulated PbWO4 showers per particle (detectors 2, 3)
     seed: int = 0,             # Random seed
     resume: bool = False,      # Continue the run in --ckpt
     bf16: bool = False,        # bf16 autocast for the forward pass
     threads: int = 1,          # torch threads
-    shipped: bool = False,     # Use the small Geant4 samples shipped in data/ (tests)
     quiet: bool = False,       # No progress bars
     device: str = 'cpu',       # Training device: cpu, cuda or auto (cuda when available)
 ):
@@ -751,13 +755,14 @@ def vml_train_dit(
     if calibrate_only:
         if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
         if calibrate < 1: raise VMLInputError("--calibrate-only needs --calibrate >= 1", field='calibrate')
-        _calibrate(training_parts(electrons, photons, pbwo4, seed, shipped)); return path
+        _calibrate(training_parts(electrons, photons, pbwo4, seed)); return path
     if stage1_only:
         if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
         ck = torch.load(path, map_location='cpu', weights_only=False)
-        parts = training_parts(electrons, photons, pbwo4, seed, shipped)
+        parts = training_parts(electrons, photons, pbwo4, seed)
         with Timer() as t:
-            m = retrain_stage1(load_dit(path), parts, minutes or 3.5, total=not no_total, seed=seed, progress=not quiet)
+            m = retrain_stage1(load_dit(path), parts, minutes, total=not no_total, seed=seed, progress=not quiet,
+                               max_steps=None if minutes else stage1_steps)
         sd = m.state_dict()
         ck.update(config=asdict(m.config), model=sd, ema=sd, opt=None,
                   meta=dict(ck.get('meta', {}), stage1_minutes=round(t.seconds/60, 2), stage1_steps=m.stage1_steps))
@@ -766,7 +771,7 @@ def vml_train_dit(
         if calibrate: _calibrate(parts)
         return path
     cfg = DiTConfig(dim=dim, depth=depth, heads=heads, patch=_ints(patch, 3, 'patch'), layer_model=not no_layers, layer_total=not (no_layers or no_total))
-    parts = training_parts(electrons, photons, pbwo4, seed, shipped)
+    parts = training_parts(electrons, photons, pbwo4, seed)
     print('training on', ', '.join(f"{n}: {len(d)}" for d, n in parts), flush=True)
     with Timer() as t:
         model, learn = train_dit(parts, epochs, cfg, lr=lr, bs=bs, seed=seed, ckpt=path, resume=resume, bf16=bf16,

@@ -18,10 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.script import call_parse
 from ..core import (VMLInputError, cli_errors, atomic_write, save_json, seed_everything, cache_dir,
-                                shared_dir, Timer, bench, bench_table, md_table, set_threads, cpu_info)
+                                Timer, bench, bench_table, md_table, set_threads, cpu_info)
 from .geometry import get_geometry, CylMesh, CartMesh
 from .data import (READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_readout, fit_readout,
                                      fit_slice_map, apply_slice_map)
+from ..datasets import check_not_heldout
 
 # %% auto #0
 __all__ = ['PLANS', 'CONDS', 'GENERATORS', 'GANConfig', 'norm_cond', 'ecal_ratio_fn', 'to_u', 'from_u', 'PadConv3d', 'Generator',
@@ -522,7 +523,7 @@ class GANTrainer:
         return dict(model_type='gan', version=1, cfg=asdict(self.cfg), G=self.G.state_dict(), D=self.D.state_dict(),
                     G_ema=self.G_ema.state_dict(), opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(),
                     step=self.step, pos=self.pos, seed=self.seed, seconds=self.seconds + self._elapsed(),
-                    history=self.history, rng=_rng_state(), sparsity=self.sparsity)
+                    history=self.history, rng=_rng_state(), sparsity=self.sparsity, sources=getattr(self, 'sources', None))
     def _elapsed(self): return time.perf_counter() - self._t0 if getattr(self, '_t0', None) else 0.0
     def snapshot(self) -> Path | None:
         "Save the EMA generator alone (`<ckpt_dir>/snapshots/ema_<step>.pt`, loadable by `load_generator`): the candidates `select_snapshot` compares."
@@ -533,7 +534,8 @@ class GANTrainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:
             torch.save(dict(model_type='gan', version=1, cfg=asdict(self.cfg), G_ema=self.G_ema.state_dict(), step=self.step,
-                            seconds=self.seconds + self._elapsed(), seed=self.seed, sparsity=self.sparsity), tmp)
+                            seconds=self.seconds + self._elapsed(), seed=self.seed, sparsity=self.sparsity,
+                            sources=getattr(self, 'sources', None)), tmp)
         return path
     def save(self, path=None) -> Path | None:
         "Atomic checkpoint (`<ckpt_dir>/last.pt`) of everything needed to resume exactly."
@@ -600,6 +602,7 @@ def train_gan(data, cfg: GANConfig | None = None, ckpt_dir=None, max_steps: int 
               save_on_exit: bool = True, snapshot_every: int = 0) -> GANTrainer:
     "Train (or resume from `<ckpt_dir>/last.pt`) a 3DGAN on `data` (a `ShowerData`); returns the `GANTrainer`."
     if max_steps is None and minutes is None: raise VMLInputError("give max_steps or minutes", field='max_steps')
+    check_not_heldout(data, 'training')
     last = Path(ckpt_dir)/'last.pt' if ckpt_dir else None
     if resume and last is not None and last.exists():
         ck = torch.load(last, map_location='cpu', weights_only=False)
@@ -608,11 +611,13 @@ def train_gan(data, cfg: GANConfig | None = None, ckpt_dir=None, max_steps: int 
         u, cond = prepare_data(data, cfg, fit=False)
         tr = GANTrainer(cfg, u, cond, ckpt_dir, seed=ck['seed'], ckpt_every=ckpt_every, max_steps=max_steps,
                         minutes=minutes, sparsity=ck['sparsity'], snapshot_every=snapshot_every).load(last)
+        tr.sources = ck.get('sources')
     else:
         cfg = copy.deepcopy(cfg) if cfg is not None else GANConfig()
         u, cond = prepare_data(data, cfg, fit=True)
         tr = GANTrainer(cfg, u, cond, ckpt_dir, seed=seed, ckpt_every=ckpt_every, max_steps=max_steps, minutes=minutes,
                         snapshot_every=snapshot_every)
+        tr.sources = data.attrs.get('sources')      # the rows it trains on, recorded in every checkpoint
     return tr.fit(progress=progress, save_on_exit=save_on_exit)
 
 # %% ../../nbs/15_calo.gan.ipynb #4541c7b7
@@ -659,6 +664,7 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
     sets the buffers and switches the read-out on. With `layer_map`, then the map of the layer energies (`fit_slice_map`,
     fitted on the cell read-out's output). More showers give a less noisy map: on the session-3 60-minute GAN, the cell
     read-out fitted on 1000/3000 showers gave AUC 0.833, on all 6000 0.792. → the fit (dict of tensors)."""
+    check_not_heldout(data, 'read-out calibration')
     n, n_ref = n or len(data), n_ref or len(data)
     if len(data) < min_showers: raise VMLInputError(f"need at least {min_showers} showers to calibrate, got {len(data)}", field='data')
     cfg = G.cfg
@@ -685,13 +691,14 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
     return fit
 
 # %% ../../nbs/15_calo.gan.ipynb #3e544749
-def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Sequence[int] = (1, 2), readout: int | None = None,
+def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int | None = 2000, seeds: Sequence[int] = (1, 2), readout: int | None = None,
                     epochs: int = 50, progress: bool = True, save: bool = True, standing: bool = True,
-                    max_minutes: float | None = None, out=None) -> list:
+                    max_minutes: float | None = None, out=None, valid=None) -> list:
     """Model selection among the last `last` EMA snapshots of a run (`<ckpt_dir>/snapshots/ema_*.pt`), on *training*
     showers `data` (never the held-out test rows): each snapshot gets its read-out calibrated on the first `readout`
     showers of `data` (None: all; 0: keep the snapshot as saved, no read-out), then the cls-high AUC of its showers
-    against the last `n_val` showers of `data`, at their energies, mean over `seeds` (sample and classifier seed).
+    against the validation showers at their conditions, mean over `seeds` (sample and classifier seed): the first
+    `n_val` (None: all) of `valid` when given (the recipe: the dataset's validation split), else the last `n_val` of `data`.
     With `standing`, each snapshot's BatchNorm statistics are first re-estimated on the conditions of `data`
     (`standing_bn`; snapshots written by this trainer already have them, older ones had the raw generator's).
     `max_minutes` keeps only snapshots taken within that much training time (a budget for training + selection).
@@ -706,11 +713,15 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Seq
         if not paths: raise VMLInputError(f"no snapshots within the first {max_minutes} minutes of training", field='max_minutes')
     paths = paths[-int(last):]
     if not paths: raise VMLInputError("no snapshots here: train with snapshot_every (vml-train-gan --snapshot-every N)", file=ckpt_dir/'snapshots')
-    if not 10 <= n_val <= len(data): raise VMLInputError(f"n_val must be in [10, {len(data)}] (the showers given), got {n_val}", field='n_val')
+    check_not_heldout(data, 'model selection')
+    if valid is not None: check_not_heldout(valid, 'model selection')
+    pool = data if valid is None else valid
+    n_val = len(pool) if n_val is None else n_val
+    if not 10 <= n_val <= len(pool): raise VMLInputError(f"n_val must be in [10, {len(pool)}] (the showers given), got {n_val}", field='n_val')
     if readout is not None and readout < 0: raise VMLInputError("readout must be >= 0 (0: no read-out)", field='readout')
     seeds = [int(s) for s in seeds]
     if not seeds: raise VMLInputError("give at least one seed", field='seeds')
-    val = data[len(data) - n_val:]
+    val = data[len(data) - n_val:] if valid is None else valid[:n_val]
     rows, best = [], None
     it = paths
     if progress:
@@ -732,7 +743,7 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int = 2000, seeds: Seq
     if save:
         r, ck, sd = best
         sel = dict(r, n_val=n_val, seeds=seeds, readout=readout, standing=standing, max_minutes=max_minutes,
-                   candidates=[x['step'] for x in rows])
+                   candidates=[x['step'] for x in rows], valid_sources=val.attrs.get('sources'), readout_sources=data.attrs.get('sources'))
         out = Path(out) if out else ckpt_dir/'best.pt'
         with atomic_write(out) as tmp: torch.save(dict(ck, G_ema=sd, selected=sel), tmp)
         save_json(rows, out.with_name(out.stem + '_selection.json'))
@@ -754,12 +765,13 @@ def plot_selection(rows: list, path=None):
 def vml_select_gan(
     name: str = 'ds2_electrons', # Run name (checkpoint folder under the cache)
     ckpt_dir: str = None,        # Checkpoint folder (default: <cache>/gan/<name>)
-    data: str = None,            # The run's training HDF5 (default: shared Geant4 electrons)
+    data: str = 'g4-electrons',  # The run's training data: a shipped dataset name (its 'train' rows) or an HDF5 file
     start: int = 0,              # First training row (as given to vml-train-gan)
-    stop: int = None,            # Row after the last training row (as given to vml-train-gan: keep the test rows out)
+    stop: int = None,            # Row after the last training row (as given to vml-train-gan)
+    valid: str = 'valid',        # Validation showers: a split of a shipped --data, or an HDF5 file ('tail': the last --n-val training rows)
     geometry: str = None,        # Mesh of the file (default: inferred)
     last: int = 8,               # Compare the last N snapshots
-    n_val: int = 2000,           # Validation showers: the last N training rows
+    n_val: int = None,           # Validation showers used (default: all of --valid; 2000 with 'tail')
     seeds: str = '1,2',          # Sample/classifier seeds (AUC averaged)
     readout: int = None,         # Calibrate each snapshot's read-out on this many training showers (default all; 0: off)
     max_minutes: float = None,   # Only snapshots taken within this much training time
@@ -768,17 +780,21 @@ def vml_select_gan(
     threads: int = None,         # torch threads
     quiet: bool = False,         # No progress bar
 ):
-    "Pick the EMA snapshot of a run with the lowest validation AUC on training rows; writes `best.pt`, `best_selection.json/png`."
-    from vallecorsa_ml.calo.data import read_showers, g4_path
+    "Pick the EMA snapshot of a run with the lowest validation AUC (held-out test rows never enter); writes `best.pt`, `best_selection.json/png`."
+    from vallecorsa_ml.calo.data import load_showers
+    from vallecorsa_ml.datasets import SHIPPED
     if threads: set_threads(threads)
     ck = Path(ckpt_dir) if ckpt_dir else cache_dir('gan', name)
     dest = Path(out) if out else ck/'best.pt'
     try: sd_seeds = [int(s) for s in str(seeds).split(',') if s.strip()]
     except ValueError: raise VMLInputError(f"seeds must be integers separated by commas, got {seeds!r}", field='seeds') from None
-    sd = read_showers(Path(data) if data else g4_path('electrons'), geometry, start, stop)
+    sd = load_showers(data, None, start, stop, geometry)
+    if valid == 'tail': va, n_val = None, n_val or 2000
+    elif data in SHIPPED and valid in SHIPPED[data].splits: va = load_showers(data, valid, geometry=geometry)
+    else: va = load_showers(valid, geometry=geometry)
     with Timer() as t:
         rows = select_snapshot(ck, sd, last=last, n_val=n_val, seeds=sd_seeds, readout=readout, epochs=epochs, progress=not quiet,
-                               max_minutes=max_minutes, out=dest)
+                               max_minutes=max_minutes, out=dest, valid=va)
     plot_selection(rows, dest.with_name(dest.stem + '_selection.png'))
     print(md_table([{'step': r['step'], 'minutes': f"{r['minutes']:.1f}", 'validation AUC': f"{r['auc']:.4f}", 'sd': f"{r['auc_sd']:.4f}", 's': f"{r['seconds']:.0f}"}
                     for r in rows]))
@@ -795,9 +811,9 @@ def _parse_conds(s: str) -> tuple:
 @call_parse
 @cli_errors('vml-train-gan')
 def vml_train_gan(
-    data: str = None,            # Training HDF5 (CaloChallenge or 3DGAN); default: shared Geant4 electrons
-    start: int = 0,              # First row used for training
-    stop: int = None,            # Row after the last one used (e.g. 6000 holds out rows 6000: of the 8000 electrons)
+    data: str = 'g4-electrons',  # Training data: a shipped dataset name (its 'train' rows) or a CaloChallenge/3DGAN HDF5 file
+    start: int = 0,              # First row used for training (within the 'train' rows of a shipped dataset)
+    stop: int = None,            # Row after the last one used (keep a file's test rows out)
     geometry: str = None,        # Mesh of the file (default: inferred)
     ckpt_dir: str = None,        # Checkpoint folder (default: <cache>/gan/<name>)
     name: str = 'ds2_electrons', # Run name (checkpoint folder under the cache)
@@ -823,7 +839,7 @@ def vml_train_gan(
     quiet: bool = False,         # No progress bar
 ):
     "Train the 3DGAN (resuming from the last checkpoint in `ckpt_dir`); prints where the checkpoint is."
-    from vallecorsa_ml.calo.data import read_showers, g4_path
+    from vallecorsa_ml.calo.data import load_showers
     if max_steps is None and minutes is None: raise VMLInputError("give --max-steps or --minutes", field='max_steps')
     if max_steps is not None and max_steps < 1: raise VMLInputError("must be >= 1", field='max_steps')
     if minutes is not None and not minutes > 0: raise VMLInputError("must be > 0", field='minutes')
@@ -831,8 +847,7 @@ def vml_train_gan(
     if snapshot_every < 0: raise VMLInputError("must be >= 0", field='snapshot_every')
     if readout is not None and readout < 0: raise VMLInputError("must be >= 0", field='readout')
     if threads: set_threads(threads)
-    path = Path(data) if data else g4_path('electrons')
-    sd = read_showers(path, geometry, start, stop)
+    sd = load_showers(data, None, start, stop, geometry)
     cfg = GANConfig(geometry=sd.geometry.name, conds=_parse_conds(conds), latent=latent, width=width, power=power,
                     batch_size=batch_size, g_steps=g_steps, lr_g=lr, lr_d=lr, bf16=bf16,
                     d_cond=not plain_3dgan, d_features=not plain_3dgan, d_moments=moments and not plain_3dgan, cell_noise=cell_noise)
@@ -934,13 +949,9 @@ def onnx_parity(G: nn.Module, path, batch: int = 8, seed: int = 1) -> float:
 
 # %% ../../nbs/15_calo.gan.ipynb #c6a1e345
 def g4_seconds_per_shower() -> dict:
-    "Geant4 CPU s/shower for electrons at 10, 50, 100 GeV from `shared/data/g4/README.md` (fallback: 4.9 ms/GeV)."
-    sd = shared_dir()
-    p = sd/'data'/'g4'/'README.md' if sd else None
-    if p is not None and p.exists():
-        m = re.search(r'\|\s*e-[^|]*\|\s*([\d.]+)\s*s\s*\|\s*([\d.]+)\s*s\s*\|\s*([\d.]+)\s*s', p.read_text())
-        if m: return {10: float(m.group(1)), 50: float(m.group(2)), 100: float(m.group(3))}
-    return {10: 0.049, 50: 0.245, 100: 0.49}
+    "Geant4 CPU s/shower for electrons at 10, 50, 100 GeV, one core (`calo.data.G4_CPU_S_PER_SHOWER`, from data/g4/README.md)."
+    from vallecorsa_ml.calo.data import G4_CPU_S_PER_SHOWER
+    return dict(G4_CPU_S_PER_SHOWER)
 
 def bench_gan(G: nn.Module, batches=(1, 100, 1000), threads=(1, 2), onnx: bool = True, simulator: bool = True,
               repeats: int = 3, min_time: float = 0.5, sim_n: int = 200) -> list:

@@ -16,11 +16,11 @@ from .geometry import get_geometry, CylMesh, CartMesh, DS2
 from .data import ShowerData, write_showers
 
 # %% auto #0
-__all__ = ['DETECTORS', 'PARTICLES', 'TE', 'MAX_SPOTS', 'ENERGY_BINS', 'SI_MIP_PER_X0', 'G4_CPU_S_PER_GEV', 'Detector',
-           'get_detector', 'long_moments', 'sample_longitudinal', 'profile_moments', 'shower_max', 'radial_params',
-           'radial_cdf', 'tilt_modulation', 'simulate', 'response_table', 'fit_longitudinal', 'fit_radial',
-           'phi_asymmetry', 'fit_angles', 'fit_tail', 'fit_entrance', 'calibrate', 'parse_energy', 'parse_range',
-           'vml_simulate', 'bench_simulator', 'vml_bench_sim']
+__all__ = ['DETECTORS', 'PARTICLES', 'TE', 'MAX_SPOTS', 'ENERGY_BINS', 'SI_MIP_PER_X0', 'Detector', 'get_detector',
+           'long_moments', 'sample_longitudinal', 'profile_moments', 'shower_max', 'radial_params', 'radial_cdf',
+           'tilt_modulation', 'simulate', 'response_table', 'fit_longitudinal', 'fit_radial', 'phi_asymmetry',
+           'fit_angles', 'fit_tail', 'fit_entrance', 'calibrate', 'parse_energy', 'parse_range', 'vml_simulate',
+           'bench_simulator', 'vml_bench_sim']
 
 # %% ../../nbs/12_calo.simulate.ipynb #044893a4
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Detector:
         return 1000*self.stochastic**2/(1 + 1/self.spot_shape)
 
 DETECTORS = {
-    # calibrated on ../shared/data/g4 (8000 e- 1-100 GeV, 4000 photons with angles) by `calibrate` + `fit_angles` below
+    # calibrated on the Geant4 files of data/g4 (8000 e- 1-100 GeV, 4000 photons with angles) by `calibrate` + `fit_angles` below
     'w_si': Detector('w_si', X0=1.7/0.4028, RM=10.9, Ec=7.97, Z=74, sampling_fraction=0.03239, layer_pitch=1.7,
                      stochastic=0.1316, constant=0.0, spot_shape=1.0,
                      long=(0.9641, 1.0093, 0.452, 1.1653, -0.2945, 0.5841, -0.6466, 0.8864, 0.109, 0.0581),
@@ -532,7 +532,7 @@ def vml_simulate(
     return path
 
 # %% ../../nbs/12_calo.simulate.ipynb #7bcb7f37
-G4_CPU_S_PER_GEV = 0.0049   # ../shared/data/g4/README.md: 0.049 s at 10 GeV, 0.24 s at 50 GeV, 0.49 s at 100 GeV (one core)
+from .data import G4_CPU_S_PER_GEV     # Geant4's CPU cost per GeV, one core (data/g4/README.md)
 
 def bench_simulator(energies=(10, 50, 100), n: int = 2000, particle='e-', geometry='ds2', detector='w_si',
                     repeats: int = 3, theta=None) -> list:

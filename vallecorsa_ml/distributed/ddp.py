@@ -23,11 +23,11 @@ from ..core import (VMLError, VMLInputError, cli_errors, atomic_write, save_json
                                 seed_everything, set_threads, run_folder)
 
 # %% auto #0
-__all__ = ['LR_RULES', 'TDP_PER_CORE_W', 'CARBON_G_PER_KWH', 'J_PER_KWH', 'SAMPLING_FRACTION', 'TASKS', 'scaled_lr',
-           'warmup_factor', 'rapl_domains', 'rapl_delta_j', 'EnergyMeter', 'energy_account', 'unwrap', 'StepContext',
-           'TrainTask', 'RegressorTask', 'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task',
-           'TrainConfig', 'dist_env', 'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch',
-           'params_of', 'max_param_diff', 'Calo3DGANTask', 'CaloDiTTask', 'shower_metrics', 'vml_train']
+__all__ = ['LR_RULES', 'TDP_PER_CORE_W', 'CARBON_G_PER_KWH', 'J_PER_KWH', 'TASKS', 'scaled_lr', 'warmup_factor', 'rapl_domains',
+           'rapl_delta_j', 'EnergyMeter', 'energy_account', 'unwrap', 'StepContext', 'TrainTask', 'RegressorTask',
+           'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task', 'TrainConfig', 'dist_env',
+           'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch', 'params_of', 'max_param_diff',
+           'Calo3DGANTask', 'CaloDiTTask', 'shower_metrics', 'vml_train']
 
 # %% ../../nbs/60_distributed.ddp.ipynb #e47fc729
 LR_RULES = ('linear', 'sqrt', 'none')
@@ -143,28 +143,25 @@ class TrainTask:
     def metrics(self, models: dict, valid: Dataset) -> dict: return {}
 
 # %% ../../nbs/60_distributed.ddp.ipynb #22b0eb45
-SAMPLING_FRACTION = 0.0320        # sum(showers)/E for the ds2 Geant4 electrons (shared/data/g4/README.md)
+from ..calo.data import SAMPLING_FRACTION     # sum(showers)/E of the Geant4 electrons (data/g4/README.md)
 
-def _g4_split(n_train: int, n_valid: int, kind: str = 'electrons', shipped: bool = True):
+def _g4_split(n_train: int, n_valid: int, kind: str = 'electrons'):
     from vallecorsa_ml.calo.data import load_g4
-    d = load_g4(kind, n_train + n_valid, shipped=shipped)
-    if len(d) < n_train + n_valid:
-        raise VMLInputError(f"the sample has {len(d)} showers, {n_train + n_valid} requested", field='n_train')
-    return d[:n_train], d[n_train:n_train + n_valid]
+    return load_g4(kind, 'train', n_train), load_g4(kind, 'valid', n_valid)     # the fixed splits of vallecorsa_ml.datasets
 
 class RegressorTask(TrainTask):
     "Shower → log10(E/GeV) MLP on Geant4 showers; metrics: energy resolution and response vs Σcells/0.032."
     name = 'regressor'
     target = ('valid_mse', 0.01, 'min')
-    def __init__(self, n_train: int = 384, n_valid: int = 116, hidden: int = 64, kind: str = 'electrons', shipped: bool = True):
-        self.n_train, self.n_valid, self.hidden, self.kind, self.shipped = n_train, n_valid, hidden, kind, shipped
+    def __init__(self, n_train: int = 384, n_valid: int = 116, hidden: int = 64, kind: str = 'electrons'):
+        self.n_train, self.n_valid, self.hidden, self.kind = n_train, n_valid, hidden, kind
     def _ds(self, d):
         x = torch.as_tensor(d.showers.reshape(len(d), -1)/10.0, dtype=torch.float32)      # cells in units of 10 MeV
         y = torch.as_tensor(np.log10(d.energies/1e3), dtype=torch.float32)[:, None]
         ds = TensorDataset(x, y); ds.energies = d.energies; ds.esum = d.showers.reshape(len(d), -1).sum(1)
         return ds
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind, self.shipped)
+        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
         return self._ds(tr), self._ds(va)
     def make_models(self):
         n_in = 45*16*9
@@ -199,15 +196,15 @@ class ProfileGANTask(TrainTask):
     "Conditional GAN of 45-layer longitudinal profiles (units of 0.032·E); metrics: sampling fraction, shower max."
     name = 'profile_gan'
     target = ('sf_mean_rel_err', 0.05, 'min')
-    def __init__(self, n_train: int = 384, n_valid: int = 116, hidden: int = 64, latent: int = 8, kind: str = 'electrons', shipped: bool = True):
-        self.n_train, self.n_valid, self.hidden, self.latent, self.kind, self.shipped = n_train, n_valid, hidden, latent, kind, shipped
+    def __init__(self, n_train: int = 384, n_valid: int = 116, hidden: int = 64, latent: int = 8, kind: str = 'electrons'):
+        self.n_train, self.n_valid, self.hidden, self.latent, self.kind = n_train, n_valid, hidden, latent, kind
     def _ds(self, d):
         from vallecorsa_ml.calo.features import longitudinal_profile
         prof = longitudinal_profile(d)/(SAMPLING_FRACTION*d.energies[:, None])
         c = np.log10(d.energies/1e3)[:, None]
         return TensorDataset(torch.as_tensor(prof, dtype=torch.float32), torch.as_tensor(c, dtype=torch.float32))
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind, self.shipped)
+        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
         return self._ds(tr), self._ds(va)
     def make_models(self):
         h, L = self.hidden, 45
@@ -527,14 +524,14 @@ class Calo3DGANTask(TrainTask):
     "Adapter: `vallecorsa_ml.calo.gan` (3DGAN on ds2) trained by this engine; metrics: sampling fraction and shower max vs Geant4."
     name = 'calo_gan'
     target = ('sf_mean_rel_err', 0.05, 'min')
-    def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons', shipped: bool = True,
+    def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons',
                  width: float = 1.0, latent: int = 0, **gan_cfg):
         from vallecorsa_ml.calo import gan
         self.gan = gan
-        self.n_train, self.n_valid, self.kind, self.shipped = n_train, n_valid, kind, shipped
+        self.n_train, self.n_valid, self.kind = n_train, n_valid, kind
         self.cfg = gan.GANConfig(geometry='ds2', width=width, latent=latent, **gan_cfg)
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind, self.shipped)
+        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
         u, c = self.gan.prepare_data(tr, self.cfg, fit=True)
         self.u_mean = u.mean(0)
         uv, cv = self.gan.prepare_data(va, self.cfg, fit=False)
@@ -572,16 +569,16 @@ class CaloDiTTask(TrainTask):
     "Adapter: `vallecorsa_ml.calo.diffusion` (CaloDiT, EDM loss) trained by this engine with rank-invariant noise; same metrics."
     name = 'calo_dit'
     target = ('sf_mean_rel_err', 0.05, 'min')
-    def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons', shipped: bool = True,
+    def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons',
                  sample_steps: int = 8, P_mean: float = -1.2, P_std: float = 1.2, mirror_phi: bool = True, **dit_cfg):
         from vallecorsa_ml.calo import diffusion
         self.dm = diffusion
-        self.n_train, self.n_valid, self.kind, self.shipped = n_train, n_valid, kind, shipped
+        self.n_train, self.n_valid, self.kind = n_train, n_valid, kind
         self.sample_steps, self.P_mean, self.P_std, self.mirror_phi = sample_steps, P_mean, P_std, mirror_phi
         self.cfg = diffusion.DiTConfig(**dit_cfg)
         self.det = 'g4_electrons' if kind == 'electrons' else 'g4_photons'
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind, self.shipped)
+        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
         self.transform = self.dm.CellTransform(self.cfg.thr, self.cfg.delta).fit(torch.as_tensor(tr.showers[:2000]))
         t, v = self.dm.dit_dataset([(tr, self.det)], self.transform), self.dm.dit_dataset([(va, self.det)], self.transform)
         vds = TensorDataset(v.y, v.cond); vds.showers = va

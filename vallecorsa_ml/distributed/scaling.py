@@ -20,9 +20,9 @@ from .ddp import (TrainConfig, train, make_task, torchrun_cmd, dist_env, TDP_PER
                                            CARBON_G_PER_KWH, J_PER_KWH, energy_account)
 
 # %% auto #0
-__all__ = ['NETWORKS', 'SEED_3DGAN', 'G4_CPU_S_PER_GEV', 'V100_W', 'ADAPTER_NAMES', 'ring_allreduce_time', 'fit_alpha_beta',
-           'ScalingModel', 'allreduce_times', 'bench_worker', 'time_to_target', 'grad_bytes', 'measure_scaling',
-           'projection', 'seed_comparison', 'task_step_cost', 'g4_cpu_seconds', 'loguniform_mean', 'break_even_showers',
+__all__ = ['NETWORKS', 'SEED_3DGAN', 'V100_W', 'ADAPTER_NAMES', 'ring_allreduce_time', 'fit_alpha_beta', 'ScalingModel',
+           'allreduce_times', 'bench_worker', 'time_to_target', 'grad_bytes', 'measure_scaling', 'projection',
+           'seed_comparison', 'task_step_cost', 'g4_cpu_seconds', 'loguniform_mean', 'break_even_showers',
            'sustainability_table', 'generation_joules_per_shower', 'projected_training_joules', 'seed_break_even',
            'scaling_report', 'vml_bench_ddp']
 
@@ -216,7 +216,7 @@ def task_step_cost(task: str, task_args: dict | None = None, batch: int = 8, ste
     return {'task': task, 'c': s['step_s_median']/batch, 'grad_bytes': grad_bytes(task, task_args)}
 
 # %% ../../nbs/61_distributed.scaling.ipynb #c2959f3c
-G4_CPU_S_PER_GEV = 4.9e-3          # shared/data/g4/README.md: one core, EmStandard_noData, W/Si ds2 geometry
+from ..calo.data import G4_CPU_S_PER_GEV     # Geant4's CPU cost per GeV, one core (data/g4/README.md)
 
 def g4_cpu_seconds(e_gev) -> np.ndarray:
     "CPU seconds (one core) Geant4 spends on one shower of `e_gev` GeV (README: linear, 4.9 ms/GeV)."
@@ -322,7 +322,7 @@ def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_
                   nproc: int = 2,            # largest number of local processes
                   batch: int = 64,           # global batch
                   epochs: int = 12,          # epochs per case (the first warms up)
-                  n_train: int = 384,        # training showers (shipped sample: <= 500 - n_valid)
+                  n_train: int = 384,        # training showers (the first rows of the Geant4 'train' split, <= 5000)
                   repeats: int = 20,         # all-reduce repeats per size
                   gan_epochs: int = 30,      # epochs of the profile-GAN run whose energy is amortised
                   out: str = '',             # folder for scaling.json and bench.md

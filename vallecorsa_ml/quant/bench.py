@@ -19,8 +19,8 @@ from ..core import (VMLInputError, cli_errors, save_json, md_table, set_threads,
 from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, rel_err, Variant, ort_session
 
 # %% auto #0
-__all__ = ['OPS_PER_CYCLE', 'G4_CPU_S_PER_GEV', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules',
-           'time_variants', 'time_variant', 'op_breakdown', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
+__all__ = ['OPS_PER_CYCLE', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules', 'time_variants', 'time_variant',
+           'op_breakdown', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -45,7 +45,7 @@ def peak_flops(precision: str = 'fp32', cores: int | None = None, ghz: float | N
     if precision == 'int8' and key == 'int8' and 'avx512_vnni' not in isa: key = 'fp32'
     return cores*ghz*1e9*OPS_PER_CYCLE[key]
 
-G4_CPU_S_PER_GEV = 4.9e-3     # /work/shared/data/g4/README.md: 0.049 s at 10 GeV ... 0.49 s at 100 GeV, one core
+from ..calo.data import G4_CPU_S_PER_GEV     # Geant4's CPU cost per GeV, one core (data/g4/README.md)
 
 def g4_seconds(energies_MeV) -> float:
     "Mean Geant4 CPU seconds per shower (one core) at these incident energies (README: 4.9 ms per GeV, linear)."
@@ -129,7 +129,7 @@ def _gen_kind(gen) -> str: return 'dit' if type(gen).__name__ in ('DiTGenerator'
 
 def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-fp32', 'ort-int8'), batches=(64,),
               configs=((2, 1), (1, 2)), repeats: int = 5, n_calib: int = 256, n_fid: int = 0, cls_epochs: int = 20,
-              extra: dict | None = None, ref_kind: str | None = None, ref_start: int | None = None, seed: int = 0,
+              extra: dict | None = None, ref_kind: str | None = None, seed: int = 0,
               log=print) -> dict:
     "Time every method × batch × (threads, streams) of `gen`; optional fidelity vs Geant4. Returns {'rows', 'fidelity', 'best'}."
     bad = [m for m in methods if m not in METHODS]
@@ -178,7 +178,7 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
     fid = {}
     if n_fid > 0:    # sampled with the variants built for the fewest threads (a shared machine stalls multi-threaded pools)
         set_threads(tmin)
-        try: fid = fidelity(gen, fid_built, n_fid, ref_kind, ref_start, cls_epochs, seed, fixed=inp)
+        try: fid = fidelity(gen, fid_built, n_fid, ref_kind, cls_epochs, seed, fixed=inp)
         finally: set_threads(prev)
     best = {}
     for r in rows:
@@ -194,7 +194,7 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
                  for m, r in best.items()]
     return dict(rows=rows, best=best_rows, fidelity=fid, flops_per_forward=fl, nfe=nfe, g4_s_per_shower=g4s)
 
-def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', ref_start: int | None = None, cls_epochs: int = 20, seed: int = 0,
+def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', cls_epochs: int = 20, seed: int = 0,
              fixed: tuple | None = None) -> dict:
     """Per variant, `n` showers sampled at the conditions of held-out Geant4 showers, from the same noise for every variant:
     the spine's evaluation against Geant4 (cls-high AUC, mean separation power, cell-spectrum separation power), ΔAUC vs
@@ -202,9 +202,7 @@ def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', ref_start
     the FP32 showers (0.5: indistinguishable), their cell occupancy, and the relative L2 error on the `fixed` inputs."""
     from vallecorsa_ml.calo.data import load_g4
     from vallecorsa_ml.calo.metrics import classifier_test, evaluate
-    if ref_start is None:    # held out: electrons from row 6000 (the GAN recipe trains on the first rows), else the file's last n
-        ref_start = 6000 if ref_kind == 'electrons' else max(0, len(load_g4(ref_kind)) - int(n))
-    ref = load_g4(ref_kind, n, start=ref_start)
+    ref = load_g4(ref_kind, 'test', n)           # the held-out rows
     dit = _gen_kind(gen) == 'dit'
     variants = dict(variants)
     if 'fp32' not in variants: variants = {'fp32': quantize(gen, 'fp32')} | variants

@@ -57,7 +57,7 @@ def calib_inputs(gen: nn.Module, energies_MeV, thetas=None, phis=None, seed: int
     return torch.randn(len(cond), net.cfg.z_dim, generator=g), cond
 
 def g4_conditions(n: int, kind: str = 'electrons', seed: int = 0) -> dict:
-    "Incident energies [MeV] (and θ, φ) of `n` random real Geant4 showers (the shared files or the shipped sample)."
+    "Incident energies [MeV] (and θ, φ) of `n` random real Geant4 showers (the training rows of the shipped Geant4 files)."
     from vallecorsa_ml.calo.data import load_g4
     d = load_g4(kind)
     idx = seed_everything(seed).choice(len(d), size=min(int(n), len(d)), replace=False)
