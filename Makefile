@@ -9,13 +9,14 @@ PROFILE ?= quick
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test docs lab export clean-nbs readme sysdeps install help
+.PHONY: run test docs lab export clean-nbs readme sysdeps install help models
 
 help:
 	@echo "make run     run every topic notebook (profile $(PROFILE)) -> runs/<timestamp>/report.html"
 	@echo "make test    all tests: export check, nbdev-test, pytest (incl. docs build + Chromium check)"
 	@echo "make docs    build the documentation site into _site/ (Quarto if installed and QUARTO=1, else offline)"
 	@echo "make lab     open the notebooks in JupyterLab"
+	@echo "make models  retrain the shipped models with their recipes (hours of CPU), then ship them and write their cards"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,10 @@ docs: $(STAMP) sysdeps
 
 readme: $(STAMP)
 	$(BIN)/vml-docs --readme
+
+models: $(STAMP)
+	$(BIN)/vml-model retrain 3dgan-ds2
+	$(BIN)/vml-model retrain dit-ds2
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab nbs

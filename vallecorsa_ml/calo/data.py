@@ -19,7 +19,7 @@ from .geometry import CylMesh, CartMesh, get_geometry, infer_geometry, mesh_dict
 # %% auto #0
 __all__ = ['G4_DATASETS', 'G4_CPU_S_PER_SHOWER', 'G4_CPU_S_PER_GEV', 'SAMPLING_FRACTION', 'READOUT_EDGES', 'MAP_KNOTS',
            'ShowerData', 'concat_showers', 'read_showers', 'iter_showers', 'validate_file', 'write_showers', 'g4_path',
-           'load_g4', 'load_showers', 'g4_cpu_seconds', 'ShowerTransform', 'EincScale', 'LogTransform',
+           'load_g4', 'load_showers', 'showers_from', 'g4_cpu_seconds', 'ShowerTransform', 'EincScale', 'LogTransform',
            'PowerTransform', 'Compose', 'condition_vector', 'ShowerDataset', 'shower_dataloaders', 'energy_bin',
            'readout_view', 'cell_map', 'apply_readout', 'fit_readout', 'fit_slice_map', 'apply_slice_map']
 
@@ -284,6 +284,18 @@ def load_showers(data: str = 'g4-electrons', split: str | None = None, start: in
         return d
     if split not in (None, 'all'): raise VMLInputError(f"splits apply to the shipped datasets with splits, not to {data!r}: use start/stop", field='split')
     return read_showers(dataset_path(data), geometry, start, stop)
+
+def showers_from(spec: str, geometry=None, max_n: int | None = None) -> ShowerData:
+    """What a console script means by a shower file: `NAME:SPLIT` of a shipped dataset (`g4-photons:test`), a shipped
+    name alone (all its rows), or a path / a file in the cache folder; at most the first `max_n` showers."""
+    from vallecorsa_ml.datasets import SHIPPED
+    name, _, split = str(spec).partition(':')
+    if split and name in SHIPPED:
+        d = load_showers(name, split, geometry=geometry)
+        return d if max_n is None else d[:max_n]
+    if split and not Path(spec).exists():
+        raise VMLInputError(f"unknown dataset {name!r} in {spec!r}; shipped: {', '.join(SHIPPED)}", field='dataset')
+    return read_showers(dataset_path(spec), geometry, 0, max_n)
 
 # %% ../../nbs/11_calo.data.ipynb #0548a6d3
 G4_CPU_S_PER_SHOWER = {10: 0.049, 50: 0.24, 100: 0.49}   # Geant4 CPU s per e- shower at 10/50/100 GeV, one core (data/g4/README.md)

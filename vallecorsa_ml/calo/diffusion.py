@@ -777,6 +777,9 @@ def vml_train_dit(
         model, learn = train_dit(parts, epochs, cfg, lr=lr, bs=bs, seed=seed, ckpt=path, resume=resume, bf16=bf16,
                                  minutes=minutes, progress=not quiet, device=device)
     ck = torch.load(path, weights_only=False) if path.exists() else {}
+    if ck and not resume:        # the training time of this run, for the model card (a resumed run's total is not known here)
+        ck['meta'] = dict(ck.get('meta', {}), train_minutes=round(t.seconds/60, 2))
+        with atomic_write(path) as tmp: torch.save(ck, tmp)
     print(f"{path}: epoch {ck.get('epoch', 0)}/{epochs}, {t.seconds/60:.1f} min, "
           f"{sum(p.numel() for p in model.parameters())/1e6:.2f} M parameters", flush=True)
     if calibrate and path.exists(): _calibrate(parts)

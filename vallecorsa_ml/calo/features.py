@@ -108,5 +108,5 @@ def relative_width(data: ShowerData, bins=None, threshold: float = 0.0) -> dict:
         sf = dep[sel]/e[sel] if n else np.array([np.nan])
         rows['n'].append(n); rows['e_mean'].append(float(e[sel].mean()) if n else np.nan)
         mu, sd = float(sf.mean()), (float(sf.std(ddof=1)) if n > 1 else np.nan)
-        rows['mean'].append(mu); rows['sigma'].append(sd); rows['rel_width'].append(sd/mu if n > 1 else np.nan)
+        rows['mean'].append(mu); rows['sigma'].append(sd); rows['rel_width'].append(sd/mu if n > 1 and mu > 0 else np.nan)   # empty showers: no width
     return {k: np.asarray(v, float) if k != 'n' else np.asarray(v) for k, v in rows.items()}

@@ -884,38 +884,56 @@ def _parse_energies(spec: str, n: int, rng) -> np.ndarray:
 @call_parse
 @cli_errors('vml-generate')
 def vml_generate(
-    checkpoint: str = None,      # Checkpoint file (any registered generator: gan, dit)
+    model: str = None,           # A shipped trained model by name (vml-model list: dit-ds2, 3dgan-ds2)
+    checkpoint: str = None,      # ... or a checkpoint file (any registered generator: gan, dit)
     out: str = None,             # Output HDF5 (CaloChallenge layout)
     energies: str = '1-100GeV',  # '50GeV', a log-uniform range '1-100GeV' or a list '10,50,90GeV'
-    n: int = 1000,               # Number of showers
+    n: int = None,               # Number of showers (default 1000; with --conditions all its rows)
     theta: str = None,           # Polar angle [rad] or range (uniform), for angle-conditioned models
     phi: str = None,             # Azimuth [rad] or range (uniform)
-    model: str = None,           # Override the model type recorded in the checkpoint
+    conditions: str = None,      # Take (E, θ, φ) row by row from showers: a dataset split (g4-photons:test) or an HDF5 file
+    model_type: str = None,      # Override the model type recorded in the checkpoint (gan, dit)
     seed: int = 0,               # Random seed
     batch_size: int = 1000,      # Showers per forward pass
     threads: int = None,         # torch threads
-    raw: bool = False,           # Use the last trained weights instead of their EMA
-    detector: str = None,        # Diffusion transformer: detector id or name (default g4_photons)
+    raw: bool = False,           # Use the last trained weights instead of their EMA (training checkpoints only)
+    detector: str = None,        # Diffusion transformer: detector id or name (default: that of --conditions, else g4_photons)
     steps: int = None,           # Diffusion transformer: Heun sampler steps, 2-25 (default 16)
 ):
-    "Generate showers with a trained generator and write them as CaloChallenge HDF5."
-    from vallecorsa_ml.calo.data import write_showers
+    "Generate showers with a shipped model (--model) or a trained checkpoint and write them as CaloChallenge HDF5."
+    from vallecorsa_ml.calo.data import write_showers, showers_from
     from vallecorsa_ml.calo.simulate import parse_range
-    if not checkpoint: raise VMLInputError("required", field='--checkpoint')
+    if bool(model) == bool(checkpoint): raise VMLInputError("give either --model NAME (a shipped model) or --checkpoint FILE", field='--model')
     if not out: raise VMLInputError("required", field='--out')
-    if n < 1: raise VMLInputError("must be >= 1", field='n')
+    if n is not None and n < 1: raise VMLInputError("must be >= 1", field='n')
     if threads: set_threads(threads)
-    G = load_generator(checkpoint, model, **{k: v for k, v in dict(raw=raw or None, detector=detector, steps=steps).items() if v is not None})
-    rng = np.random.default_rng([seed, 7])
-    E = _parse_energies(energies, n, rng)
-    th, ph = parse_range(theta, 'theta'), parse_range(phi, 'phi')
-    th = None if th is None else rng.uniform(*th, n)
-    ph = None if ph is None else rng.uniform(*ph, n)
+    cond = showers_from(conditions) if conditions else None
+    if detector is None and cond is not None:
+        name = str(conditions).partition(':')[0].replace('-', '_')
+        from vallecorsa_ml.calo.diffusion import DETECTORS
+        if name in DETECTORS: detector = name
+    kw = {k: v for k, v in dict(raw=raw or None, detector=detector, steps=steps).items() if v is not None}
+    if model:
+        from vallecorsa_ml.calo.pretrained import load_pretrained
+        G = load_pretrained(model, **kw)
+    else: G = load_generator(checkpoint, model_type, **kw)
+    if cond is not None:
+        cond = cond[:n] if n else cond
+        E, th, ph = cond.energies, cond.theta, cond.phi
+        if getattr(getattr(G, 'cfg', None), 'conds', ('energy', 'theta', 'phi')) == ('energy',): th = ph = None
+    else:
+        n = n or 1000
+        rng = np.random.default_rng([seed, 7])
+        E = _parse_energies(energies, n, rng)
+        th, ph = parse_range(theta, 'theta'), parse_range(phi, 'phi')
+        th = None if th is None else rng.uniform(*th, n)
+        ph = None if ph is None else rng.uniform(*ph, n)
     with Timer() as t: sd = G.sample(E, th, ph, seed=seed, batch_size=batch_size)
-    p = write_showers(out, sd, attrs={'checkpoint': str(checkpoint), 'seed': seed})
+    p = write_showers(out, sd, attrs={'model': str(model or checkpoint), 'seed': seed, 'conditions': str(conditions or energies)})
     print(f"{p}: {len(sd)} showers on {sd.geometry.name} {sd.geometry.shape}, {E.min()/1e3:.3g}-{E.max()/1e3:.3g} GeV, "
           f"{len(sd)/t.seconds:.0f} showers/s, mean E_mesh/E = {(sd.flat.sum(1)/sd.energies).mean():.4f}")
     return p
+
 
 # %% ../../nbs/15_calo.gan.ipynb #1bc12220
 def export_onnx(G: nn.Module, path, opset: int = 17) -> Path:

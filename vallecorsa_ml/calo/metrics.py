@@ -12,7 +12,7 @@ import numpy as np
 from ..core import (VMLInputError, seed_everything, save_json, check_profile, pick, run_folder, save_metrics,
                                 Timer, bench, bench_table, md_table, cli_errors, cpu_info)
 from .geometry import CylMesh, CartMesh, get_geometry
-from .data import ShowerData, read_showers, load_g4, concat_showers
+from .data import ShowerData, read_showers, load_g4, concat_showers, showers_from
 from .features import (high_level_features, hlf_matrix, longitudinal_profile, transverse_profile,
                                          relative_width, shower_max)
 
@@ -454,7 +454,7 @@ from fastcore.script import call_parse, store_true
 @call_parse
 @cli_errors('vml-evaluate')
 def vml_evaluate(gen: str,                 # generated showers, HDF5 (CaloChallenge or 3DGAN layout)
-                 ref: str,                 # reference showers, HDF5
+                 ref: str,                 # reference showers: HDF5, or a shipped dataset split such as g4-photons:test
                  geometry: str = 'ds2',    # mesh: ds2, ds3, cart25, cart51
                  out: str = 'evaluation',  # output folder
                  cls: str = 'high',        # classifier tests: high, low, high,low or none
@@ -469,10 +469,10 @@ def vml_evaluate(gen: str,                 # generated showers, HDF5 (CaloChalle
         if c not in ('high', 'low'): raise VMLInputError(f"unknown classifier test {c!r}; use high, low or none", field='--cls')
     if epochs < 1: raise VMLInputError("must be >= 1", field='--epochs')
     g = get_geometry(geometry)
-    G = read_showers(gen, g, 0, max_n); R = read_showers(ref, g, 0, max_n)
+    G = showers_from(gen, g, max_n); R = showers_from(ref, g, max_n)
     with Timer() as tm:
         m = evaluate(G, R, out, cls=kinds, cls_epochs=epochs, fpd_kpd=not no_fpd, plots=not no_plots, seed=seed,
-                     title=f"{Path(gen).name} vs {Path(ref).name}")
+                     title=f"{Path(gen).name} vs {Path(ref).name if Path(ref).exists() else ref}")
     summ = {k: v for k, v in _flat_summary(m).items() if k.startswith(('n_', 'sep_mean', 'sep_E_ratio', 'sep_E_layer', 'sep_cell', 'cls', 'fpd', 'kpd'))}
     print(md_table([{'metric': k, 'value': v} for k, v in summ.items()]))
     print(f"wrote {Path(out)/'metrics.json'} and {Path(out)/'index.html'} in {tm.seconds:.1f} s")
