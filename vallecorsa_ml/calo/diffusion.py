@@ -713,7 +713,7 @@ def vml_train_dit(
     dim: int = 128,            # Token width
     depth: int = 4,            # Transformer blocks
     heads: int = 4,            # Attention heads
-    patch: str = '5,2,9',      # Patch size (z, phi, r): 90 cells per token (5,2,3: 30, finer and 3.5x slower)
+    patch: str = '5,2,9',      # Patch size (z, phi, r): 90 cells per token (5,2,3: 30, finer and several times slower)
     no_layers: bool = False,   # One stage: no layer-energy model (stage 1) before the shower
     no_total: bool = False,    # Stage 1 without its response (total-energy) coordinate
     stage1_only: bool = False, # Retrain only stage 1 of the model in --ckpt for --stage1-steps, written back to --ckpt

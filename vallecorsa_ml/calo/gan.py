@@ -444,8 +444,9 @@ def standing_bn(G: nn.Module, cond: torch.Tensor, n_batches: int = 20, batch_siz
     """Re-estimate the BatchNorm running statistics of `G` for its own weights ("standing statistics"): `n_batches`
     forward passes in train mode on fresh noise and random rows of `cond` (physical conditions (N, n_cond)), averaged
     with equal weights. The trainer copies the raw generator's running statistics into the EMA generator, whose weights
-    are a 1000-step average: statistics and weights then disagree (by up to 0.27σ in a channel's mean and 30% in its
-    variance at the end of the 60-minute run). Its own random generator: the global RNG is untouched. → `G` (eval mode)."""
+    are an average over ~1/(1 − decay) steps: statistics and weights then disagree, and the EMA generator's showers
+    follow whatever the raw generator's statistics were at that step. Its own random generator: the global RNG is
+    untouched. → `G` (eval mode)."""
     cond = torch.as_tensor(cond, dtype=torch.float32)
     if cond.ndim != 2 or len(cond) == 0: raise VMLInputError(f"cond must be (N, n_cond) with N > 0, got {tuple(cond.shape)}", field='cond')
     if n_batches < 1 or batch_size < 2: raise VMLInputError("need n_batches >= 1 and batch_size >= 2", field='n_batches')
@@ -662,8 +663,9 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
     """Fit `G`'s read-out (`calo.data.fit_readout`) on training showers `data` (a `ShowerData`): the generator's showers
     for the conditions of the first `n` showers (global threshold off, no read-out) against the first `n_ref` (None: all);
     sets the buffers and switches the read-out on. With `layer_map`, then the map of the layer energies (`fit_slice_map`,
-    fitted on the cell read-out's output). More showers give a less noisy map: on the session-3 60-minute GAN, the cell
-    read-out fitted on 1000/3000 showers gave AUC 0.833, on all 6000 0.792. → the fit (dict of tensors)."""
+    fitted on the cell read-out's output). More showers give less noisy quantiles and a better map, at the cost of one
+    generator pass over their conditions: the recipe (`vml-train-gan`, `vml-select-gan`) fits on all training rows.
+    → the fit (dict of tensors)."""
     check_not_heldout(data, 'read-out calibration')
     n, n_ref = n or len(data), n_ref or len(data)
     if len(data) < min_showers: raise VMLInputError(f"need at least {min_showers} showers to calibrate, got {len(data)}", field='data')
