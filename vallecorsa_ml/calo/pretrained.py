@@ -124,7 +124,7 @@ def fp16_cost(G32, G16, kind: str, data: ShowerData, detector=None, seed: int = 
                 d_response=float(rb.mean() - ra.mean()), response_fp32=float(ra.mean()),
                 auc_fp16_vs_fp32=float(classifier_test(b, a, 'high', epochs=cls_epochs, seed=seed)['auc']))
 
-# %% ../../nbs/18_calo.pretrained.ipynb #50b0fd08
+# %% ../../nbs/18_calo.pretrained.ipynb #af8d7fa1
 def _sha256(p: Path) -> str:
     h = hashlib.sha256()
     with open(p, 'rb') as f:
@@ -174,9 +174,15 @@ def ship(name: str, checkpoint, train_minutes: float | None = None, half: bool =
     for ds, det in p.judged_on:
         v = load_g4(G4_DATASETS_INV[ds], 'valid')
         costs[ds] = fp16_cost(G32, G16, p.kind, v[:min(n_cost, len(v))], det)
+    facts = _training_facts(ck, train_minutes)
+    run_last, sel_table = checkpoint.parent/'last.pt', checkpoint.parent/f'{checkpoint.stem}_selection.json'
+    if p.kind == 'gan' and ck.get('selected') and run_last.exists():      # the whole run, not only the chosen snapshot
+        last = torch.load(run_last, map_location='cpu', weights_only=False)
+        facts.update(run_steps=int(last['step']), run_minutes=round(last['seconds']/60, 2))
+        if sel_table.exists(): facts['selection_minutes'] = round(sum(r['seconds'] for r in load_json(sel_table))/60, 2)
     card = dict(name=name, kind=p.kind, what=p.what, training_data=p.training_data, recipe=list(p.recipe),
                 file=dict(path=f"models/{p.file}", bytes=dest.stat().st_size, sha256=_sha256(dest), half=half),
-                training=_training_facts(ck, train_minutes), fp16_cost=costs, ship=provenance())
+                training=facts, fp16_cost=costs, ship=provenance())
     save_json(card, dest.with_suffix('.json'))
     return dest
 
@@ -245,7 +251,7 @@ def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None =
     write_models_readme(folder)
     return card
 
-# %% ../../nbs/18_calo.pretrained.ipynb #dd1c7d76
+# %% ../../nbs/18_calo.pretrained.ipynb #b2dce8d5
 def _f(v, nd=3):
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return '–'
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
@@ -259,10 +265,11 @@ def card_markdown(card: dict) -> str:
     rows = tr.get('rows')
     if rows: lines.append(f"- **Rows seen in training**: " + ('; '.join(f"{k}: {', '.join(v)}" for k, v in rows.items()) if isinstance(rows, dict) else ', '.join(rows)))
     if card['kind'] == 'gan':
-        lines.append(f"- **Training**: {tr.get('steps')} steps, {_f(tr.get('train_minutes'), 1)} min (seed {tr.get('seed')})")
+        run = f"{tr['run_steps']} steps in {_f(tr['run_minutes'], 1)} min; " if tr.get('run_steps') else ''
+        lines.append(f"- **Training**: {run}the shipped generator is the EMA of step {tr.get('steps')} ({_f(tr.get('train_minutes'), 1)} min) (seed {tr.get('seed')})")
         sel = tr.get('selection')
         if sel: lines.append(f"- **Selection**: step {sel['step']} of the snapshots {sel['candidates']}, by cls-high AUC {_f(sel['valid_auc'])} "
-                             f"against {', '.join(sel['valid_rows'] or [])}")
+                             f"against {', '.join(sel['valid_rows'] or [])}" + (f", {_f(tr['selection_minutes'], 1)} min" if tr.get('selection_minutes') else ''))
     else:
         lines.append(f"- **Training**: {tr.get('epochs')} epochs, {_f(tr.get('train_minutes'), 1)} min; stage 1 retrained "
                      f"{tr.get('stage1_steps')} steps, {_f(tr.get('stage1_minutes'), 1)} min; read-out calibrated on "
