@@ -75,6 +75,7 @@ def dataset_path(name_or_path: str | os.PathLike) -> Path:
     if p.exists(): return p
     c = data_dir()/s
     if c.exists(): return c
+    if os.sep in s or Path(s).suffix: raise VMLInputError("file not found", file=s)      # meant as a path
     try:
         from vallecorsa_ml.download import PUBLIC
         pub = f"; public (vml-data fetch NAME): {', '.join(PUBLIC)}"
