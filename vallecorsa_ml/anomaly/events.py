@@ -260,8 +260,8 @@ def anomaly_protocol(profile: str) -> dict:
     that sample's autoencoders, the next `n_km` the kernel machines, the next `n_test` are test background; signals give `n_test`."""
     from vallecorsa_ml.core import pick
     return dict(n_ae=pick(profile, 200, 1000, 10000), epochs=pick(profile, 2, 12, 30),
-                latents=pick(profile, (4, 8), (4, 8, 16)), n_km=pick(profile, 100, 600, 600),
-                n_test=pick(profile, 100, 500, 10000), folds=5)
+                latents=pick(profile, (4, 8), (8,), (4, 8, 16)), n_km=pick(profile, 100, 600, 600),
+                n_test=pick(profile, 100, 250, 10000), folds=5)
 
 def event_ranges(profile: str) -> dict:
     "Disjoint event ranges per role: background samples {'ae', 'km', 'test'} slices, signals {'test'}."
