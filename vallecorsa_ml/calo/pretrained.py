@@ -251,7 +251,7 @@ def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None =
     write_models_readme(folder)
     return card
 
-# %% ../../nbs/18_calo.pretrained.ipynb #b2dce8d5
+# %% ../../nbs/18_calo.pretrained.ipynb #8a31cbc5
 def _f(v, nd=3):
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return '–'
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
@@ -291,17 +291,18 @@ def card_markdown(card: dict) -> str:
                                  FPD=f"{_f(r['fpd'], 2)} ± {_f(r['fpd_err'], 2)}", KPD=f"{_f(r['kpd'], 4)} ± {_f(r['kpd_err'], 4)}",
                                  spectrum=_f(r['sep_cell_spectrum'], 4), sep_mean=_f(r['sep_mean'], 4),
                                  **{'E_mesh/E model / G4': f"{_f(r['response_gen'], 4)} / {_f(r['response_ref'], 4)}",
-                                    'ms CPU / shower': _f(r['cpu_ms_per_shower'], 1), '× Geant4': f"{r['speedup_vs_g4']:.0f}"})
+                                    'ms CPU / shower': _f(r['cpu_ms_per_shower'], 1), '× Geant4': f"{r['speedup_vs_g4']:.3g}"})
                             for r in card['heldout'].values()]), '',
-                  'Spread of E_mesh/E, model ÷ Geant4, per energy bin (GeV edges):', '',
-                  md_table([dict(data=k, **{f"{a:g}–{b:g}": _f(w, 2) for a, b, w in zip(r['response_bins_GeV'], r['response_bins_GeV'][1:], r['response_width_ratio'])})
-                            for k, r in card['heldout'].items()]), '']
+                  'Spread (σ) of E_mesh/E, model ÷ Geant4, per bin of incident energy (1.00 = the same energy resolution):', '']
+        for k, r in card['heldout'].items():
+            e = r['response_bins_GeV']
+            lines += [md_table([{'data': k, **{f"{a:.3g}–{b:.3g} GeV": _f(w, 2) for a, b, w in zip(e, e[1:], r['response_width_ratio'])}}]), '']
         cp = card['card']
         lines.append(f"*Held-out figures: `{cp['command']}`, commit `{(cp['commit'] or '?')[:10]}`{' with local changes' if cp.get('dirty') else ''}, "
                      f"{cp['cpu']}, torch {cp['torch']}, {cp['date'][:10]}.*")
     return '\n'.join(lines) + '\n'
 
-# %% ../../nbs/18_calo.pretrained.ipynb #9c95f429
+# %% ../../nbs/18_calo.pretrained.ipynb #b6e20f33
 def models_table(folder=None) -> str:
     "Markdown table of the shipped models: file, size, and the held-out cls-high AUC / speed-up from each card."
     rows = []
@@ -312,7 +313,7 @@ def models_table(folder=None) -> str:
         rows.append(dict(model=p.name, kind=p.kind, file=f"models/{p.file}" + ('' if f.exists() else ' (missing)'),
                          MiB=f"{f.stat().st_size/2**20:.1f}" if f.exists() else '–',
                          **{'held-out cls-high AUC': ', '.join(f"{k}: {_f(v['cls_high_auc_mean'])}" for k, v in h.items()) or '–',
-                            '× Geant4 (CPU)': ', '.join(f"{v['speedup_vs_g4']:.0f}" for v in h.values()) or '–'}))
+                            '× Geant4 (CPU)': ', '.join(f"{v['speedup_vs_g4']:.3g}" for v in h.values()) or '–'}))
     return md_table(rows)
 
 def write_models_readme(folder=None) -> Path:
@@ -341,6 +342,7 @@ def vml_model(
     threads: int = 2,            # card: torch threads while generating
     out: str = None,             # card: also write the evaluation figures here
     dry_run: bool = False,       # retrain: print the commands only
+    md_only: bool = False,       # card: only rewrite the markdown (and models/README.md) from the card's JSON
 ):
     "The shipped models: list them, ship a checkpoint, write a model card, print or run a recipe."
     acts = ('list', 'ship', 'card', 'recipe', 'retrain')
@@ -354,6 +356,11 @@ def vml_model(
         if not checkpoint: raise VMLInputError("required", field='--checkpoint')
         f = ship(name, Path(checkpoint).expanduser(), train_minutes, half=not fp32)
         print(f"{f}: {f.stat().st_size/2**20:.2f} MiB; card started in {f.with_suffix('.json')} (next: vml-model card {name})")
+    elif action == 'card' and md_only:
+        card = load_card(name)
+        if card is None: raise VMLInputError(f"no card yet: vml-model card {name}", field='model')
+        (models_dir()/f'{name}.md').write_text(card_markdown(card)); write_models_readme()
+        print(f"{models_dir()/f'{name}.md'} rewritten from its JSON")
     elif action == 'card':
         try: sd = tuple(int(s) for s in seeds.split(','))
         except ValueError: raise VMLInputError(f"seeds must be integers separated by commas, got {seeds!r}", field='seeds') from None
