@@ -70,6 +70,9 @@ def test_generate_by_name_under_heldout_conditions(tmp_path):
     np.testing.assert_allclose(g.theta, ref.theta, rtol=1e-6); np.testing.assert_allclose(g.phi, ref.phi, rtol=1e-6)
     nz = g.showers[g.showers > 0]
     assert nz.min() >= 5e-4 and 0.02 < (g.flat.sum(1)/g.energies).mean() < 0.05    # W/Si photons: E_mesh/E ≈ 0.032
+    assert g.attrs['detector'] == 'g4_photons'
+    r = run('vml-generate', '--model', 'dit-ds2', '--conditions', 'g4-electrons:test', '--n', 3, '--steps', 2, '--out', tmp_path/'e.h5')
+    assert r.returncode == 0 and read_showers(tmp_path/'e.h5').attrs['detector'] == 'g4_electrons', r.stderr   # the detector of the conditions
     r = run('vml-generate', '--model', '3dgan-ds2', '--energies', '10-100GeV', '--n', 30, '--out', tmp_path/'h.h5')
     assert r.returncode == 0, r.stderr
     assert len(read_showers(tmp_path/'h.h5')) == 30

@@ -912,15 +912,15 @@ def vml_generate(
     if n is not None and n < 1: raise VMLInputError("must be >= 1", field='n')
     if threads: set_threads(threads)
     cond = showers_from(conditions) if conditions else None
-    if detector is None and cond is not None:
-        name = str(conditions).partition(':')[0].replace('-', '_')
-        from vallecorsa_ml.calo.diffusion import DETECTORS
-        if name in DETECTORS: detector = name
     kw = {k: v for k, v in dict(raw=raw or None, detector=detector, steps=steps).items() if v is not None}
     if model:
         from vallecorsa_ml.calo.pretrained import load_pretrained
         G = load_pretrained(model, **kw)
     else: G = load_generator(checkpoint, model_type, **kw)
+    if detector is None and cond is not None and hasattr(G, 'detector'):     # a multi-detector model: that of the conditions
+        from vallecorsa_ml.calo.diffusion import DETECTORS
+        name = str(conditions).partition(':')[0].replace('-', '_')
+        if name in DETECTORS: G.detector = name
     if cond is not None:
         cond = cond[:n] if n else cond
         E, th, ph = cond.energies, cond.theta, cond.phi
@@ -933,7 +933,9 @@ def vml_generate(
         th = None if th is None else rng.uniform(*th, n)
         ph = None if ph is None else rng.uniform(*ph, n)
     with Timer() as t: sd = G.sample(E, th, ph, seed=seed, batch_size=batch_size)
-    p = write_showers(out, sd, attrs={'model': str(model or checkpoint), 'seed': seed, 'conditions': str(conditions or energies)})
+    attrs = {'model': str(model or checkpoint), 'seed': seed, 'conditions': str(conditions or energies)}
+    if hasattr(G, 'detector'): attrs['detector'] = str(G.detector)
+    p = write_showers(out, sd, attrs=attrs)
     print(f"{p}: {len(sd)} showers on {sd.geometry.name} {sd.geometry.shape}, {E.min()/1e3:.3g}-{E.max()/1e3:.3g} GeV, "
           f"{len(sd)/t.seconds:.0f} showers/s, mean E_mesh/E = {(sd.flat.sum(1)/sd.energies).mean():.4f}")
     return p
