@@ -262,12 +262,9 @@ def load_g4(kind: str = 'electrons', split: str = 'train', n: int | None = None)
     "The first `n` (all when None) Geant4 reference showers of `kind` in `split` ('train', 'valid', 'test', 'all')."
     if kind not in G4_DATASETS: raise VMLInputError(f"unknown Geant4 sample {kind!r}; choose one of {', '.join(G4_DATASETS)}", field='kind')
     start, stop = split_rows(G4_DATASETS[kind], split)
-    if n is not None:
-        if not 0 < n <= stop - start: raise VMLInputError(f"n must be in [1, {stop - start}] (the {split} rows of {kind}), got {n}", field='n')
-        stop = start + int(n)
-    d = read_showers(g4_path(kind), 'ds2', start, stop)
-    d.attrs['split'] = split
-    return d
+    if n is not None and not 0 < n <= stop - start:
+        raise VMLInputError(f"n must be in [1, {stop - start}] (the {split} rows of {kind}), got {n}", field='n')
+    return load_showers(G4_DATASETS[kind], split, 0, n, 'ds2')
 
 def load_showers(data: str = 'g4-electrons', split: str | None = None, start: int = 0, stop: int | None = None,
                  geometry=None) -> ShowerData:
@@ -276,7 +273,7 @@ def load_showers(data: str = 'g4-electrons', split: str | None = None, start: in
     from vallecorsa_ml.datasets import SHIPPED
     if data in SHIPPED and SHIPPED[data].splits:
         split = split or 'train'
-        a, b = split_rows(data, split)
+        a, b = split_rows(data, split)         # 'all' too
         lo, hi = a + int(start), b if stop is None else min(b, a + int(stop))
         if not a <= lo <= hi: raise VMLInputError(f"bad row range {start}:{stop} within the {split} rows of {data} ({b - a} rows)", field='start')
         d = read_showers(dataset_path(data), geometry, lo, hi)

@@ -206,7 +206,7 @@ def load_pretrained(name: str, folder=None, **kwargs) -> torch.nn.Module:
         raise VMLInputError(f"does not match the sha256 in its card: damaged, or replaced without `vml-model ship {name}`", file=p)
     return load_generator(p, **kwargs)
 
-# %% ../../nbs/18_calo.pretrained.ipynb #d21f1316
+# %% ../../nbs/18_calo.pretrained.ipynb #f72de2d3
 def judge(G, kind: str, ref: ShowerData, detector=None, seeds=(0, 1, 2), cls_epochs: int = 50, out_dir=None,
           fpd_kpd: bool = True, plots: bool = True, labels=('model', 'Geant4')) -> dict:
     "Fidelity of generator `G` on `ref` (held-out rows; one shower per row's conditions) and its CPU cost per shower."
@@ -225,8 +225,7 @@ def judge(G, kind: str, ref: ShowerData, detector=None, seeds=(0, 1, 2), cls_epo
                 sep_cell_spectrum=float(m['sep_cell_spectrum']), sep_mean=float(m['sep_mean']),
                 response_gen=float(m['sampling_fraction_gen']), response_ref=float(m['sampling_fraction_ref']),
                 response_width_ratio=[float(a/b) if b else float('nan') for a, b in zip(rw['gen']['sigma'], rw['ref']['sigma'])],
-                response_bins_GeV=[round(float(e)/1e3, 2) for e in np.geomspace(min(ref.energies.min(), gen.energies.min()),
-                                                                                 max(ref.energies.max(), gen.energies.max())*1.0001, 7)],
+                response_bins_GeV=[round(float(e)/1e3, 2) for e in list(rw['ref']['e_lo']) + [rw['ref']['e_hi'][-1]]],   # evaluate's bins
                 wall_ms_per_shower=1e3*wall_s/len(ref), cpu_ms_per_shower=1e3*cpu_s/len(ref), threads=torch.get_num_threads(),
                 g4_cpu_s_per_shower=g4_s, speedup_vs_g4=g4_s/(cpu_s/len(ref)))
 
