@@ -250,7 +250,7 @@ def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None =
     write_models_readme(folder)
     return card
 
-# %% ../../nbs/18_calo.pretrained.ipynb #8a31cbc5
+# %% ../../nbs/18_calo.pretrained.ipynb #f28368ec
 def _f(v, nd=3):
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return '–'
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
@@ -301,7 +301,6 @@ def card_markdown(card: dict) -> str:
                      f"{cp['cpu']}, torch {cp['torch']}, {cp['date'][:10]}.*")
     return '\n'.join(lines) + '\n'
 
-# %% ../../nbs/18_calo.pretrained.ipynb #b6e20f33
 def models_table(folder=None) -> str:
     "Markdown table of the shipped models: file, size, and the held-out cls-high AUC / speed-up from each card."
     rows = []
@@ -329,6 +328,7 @@ def write_models_readme(folder=None) -> Path:
     p.write_text('\n'.join(text) + '\n')
     return p
 
+# %% ../../nbs/18_calo.pretrained.ipynb #09fb57b0
 @call_parse
 @cli_errors('vml-model')
 def vml_model(
