@@ -13,7 +13,7 @@ from vallecorsa_ml.calo.simulate import simulate, get_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-G4 = Path(os.environ.get('VML_SHARED', ROOT.parent/'shared'))/'data'/'g4'
+G4 = ROOT/'data'/'g4'          # the Geant4 reference shipped with the repository
 E_FILE = G4/'ds2_electrons_1-100GeV_train.h5'
 X0_PER_SLICE = 3.4/(1.7/0.4028)          # README: 0.4028 X0 per 1.7 mm layer, 3.4 mm slices
 
@@ -86,7 +86,6 @@ def _sep(a, b, bins):
 
 @pytest.fixture(scope='module')
 def g4_and_sim():
-    if not E_FILE.exists(): pytest.skip('shared Geant4 files not available')
     with h5py.File(E_FILE) as f:
         E = f['incident_energies'][:3000, 0].astype(float)
         X = f['showers'][:3000].reshape(-1, 45, 16, 9)
@@ -131,7 +130,7 @@ def test_pbwo4_second_detector_on_ds2():
     assert sd.showers.shape == (300, 45, 16, 9)
 
 
-# Published numbers of ../shared/data/g4/README.md (Geant4 11.4.1, W/Si, ds2 mesh): needs no data file
+# Published numbers of data/g4/README.md (Geant4 11.4.1, W/Si, ds2 mesh): needs no data file
 README_E = [  # (E lo, E hi) GeV, sum(showers)/E mean, rms, shower max [X0]
     ((1, 2), 0.0320, 0.0036, 4.0), ((2, 5), 0.0319, 0.0024, 5.0), ((5, 10), 0.0320, 0.0016, 5.9),
     ((10, 20), 0.0320, 0.0011, 6.4), ((20, 50), 0.0320, 0.0008, 7.4), ((50, 100), 0.0320, 0.0005, 8.3)]

@@ -1,15 +1,15 @@
 """Recipe sweep for the diffusion transformer (`16_calo.diffusion`) on a lent GPU — a device experiment, not CI.
 
-Each variant trains `CaloDiT` on the same data as `vml-train-dit` (Geant4 e- 7000, γ 3000, simulated PbWO4 e-/γ 2000
-each), with the same batch size, EMA and 1cycle schedule, for the number of optimiser steps that a CPU run of this
+Each variant trains `CaloDiT` on the same data as `vml-train-dit` (the Geant4 e- and γ train rows, simulated PbWO4 e-/γ
+2000 each), with the same batch size, EMA and 1cycle schedule, for the number of optimiser steps that a CPU run of this
 machine manages in 60 minutes (see the closing note of issue #5): a GPU only makes the sweep fast, the recipes are
 CPU recipes. A last variant spends far more steps, to show what more compute buys. Every variant is then judged on
-the 1000 held-out Geant4 photons (rows 3000–3999) with the spine's `evaluate` (cls-high AUC, separation powers).
+the 1000 held-out Geant4 photons (the test split, rows 3000–3999) with the spine's `evaluate` (cls-high AUC, separation powers).
 
 The training loop is plain PyTorch (Adam + OneCycleLR with fastai's defaults) so that the device needs no fastai;
 fastai's modules are stubbed only so that the package imports. Usage on the device (see the issue note):
 
-    PYTHONPATH=.:.gpu/site VML_SHARED=.gpu/shared python3 tools/gpu_dit_sweep.py --out $OUT
+    PYTHONPATH=.:.gpu/site python3 tools/gpu_dit_sweep.py --out $OUT      # data/g4 travels with the working tree
 """
 import os, sys, time, json, math, types, argparse, importlib.abc, importlib.machinery, multiprocessing as mp
 
