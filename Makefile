@@ -4,7 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.vml-installed
+# The install stamp is keyed by pyproject.toml's content, not its time: nbdev-export rewrites the file (same bytes)
+# on every run, which would otherwise make the next `make run` reinstall the package.
+STAMP := $(VENV)/.vml-installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PROFILE ?= quick
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
@@ -18,11 +20,11 @@ help:
 	@echo "make lab     open the notebooks in JupyterLab"
 	@echo "make models  retrain the shipped models with their recipes (hours of CPU), then ship them and write their cards"
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	@touch $(STAMP)
+	@rm -f $(VENV)/.vml-installed*; touch $(STAMP)
 
 install: $(STAMP)
 

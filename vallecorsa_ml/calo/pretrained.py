@@ -250,7 +250,7 @@ def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None =
     write_models_readme(folder)
     return card
 
-# %% ../../nbs/18_calo.pretrained.ipynb #f28368ec
+# %% ../../nbs/18_calo.pretrained.ipynb #3b0bf139
 def _f(v, nd=3):
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return '–'
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
@@ -283,7 +283,9 @@ def card_markdown(card: dict) -> str:
                                  auc_fp16_vs_fp32=_f(v['auc_fp16_vs_fp32'])) for k, v in card['fp16_cost'].items()]), '']
     if card.get('heldout'):
         lines += ['## Fidelity on held-out Geant4 showers', '',
-                  'One generated shower per held-out row, under that row\'s conditions. cls-high AUC: CaloChallenge classifier '
+                  'One generated shower per held-out row, under that row\'s conditions, as in the CaloChallenge protocol: the classifier '
+                  'also sees the incident energy, so showers drawn at other energies than the reference\'s score a higher AUC '
+                  '(`vml-generate --model NAME --conditions DATASET:test` reproduces the card). cls-high AUC: CaloChallenge classifier '
                   '(0.5 = indistinguishable), mean ± sd over the seeds; FPD/KPD on the high-level features; separation powers '
                   '(0 = identical histograms); CPU time per shower, all threads counted; × Geant4 = its CPU time at the same energies.', '',
                   md_table([dict(data=r['rows'], AUC=_f(r['cls_high_auc']), **{'AUC mean ± sd': f"{_f(r['cls_high_auc_mean'])} ± {_f(r['cls_high_auc_sd'])}"},
