@@ -924,7 +924,8 @@ def vml_generate(
     if cond is not None:
         cond = cond[:n] if n else cond
         E, th, ph = cond.energies, cond.theta, cond.phi
-        if getattr(getattr(G, 'cfg', None), 'conds', ('energy', 'theta', 'phi')) == ('energy',): th = ph = None
+        conds = getattr(getattr(G, 'cfg', None), 'conds', None)      # a 3DGAN takes only the conditions it was trained on
+        if conds is not None: th, ph = (th if 'theta' in conds else None), (ph if 'phi' in conds else None)
     else:
         n = n or 1000
         rng = np.random.default_rng([seed, 7])

@@ -22,9 +22,9 @@ from .ddp import (TrainConfig, train, make_task, torchrun_cmd, dist_env, TDP_PER
 # %% auto #0
 __all__ = ['NETWORKS', 'SEED_3DGAN', 'V100_W', 'ADAPTER_NAMES', 'ring_allreduce_time', 'fit_alpha_beta', 'ScalingModel',
            'allreduce_times', 'bench_worker', 'time_to_target', 'grad_bytes', 'measure_scaling', 'projection',
-           'seed_comparison', 'task_step_cost', 'g4_cpu_seconds', 'loguniform_mean', 'break_even_showers',
-           'sustainability_table', 'generation_joules_per_shower', 'projected_training_joules', 'seed_break_even',
-           'scaling_report', 'vml_bench_ddp']
+           'seed_comparison', 'task_step_cost', 'loguniform_mean', 'break_even_showers', 'sustainability_table',
+           'generation_joules_per_shower', 'projected_training_joules', 'seed_break_even', 'scaling_report',
+           'vml_bench_ddp']
 
 # %% ../../nbs/61_distributed.scaling.ipynb #107ca352
 def ring_allreduce_time(nbytes, n: int, alpha: float, beta: float):
@@ -216,13 +216,7 @@ def task_step_cost(task: str, task_args: dict | None = None, batch: int = 8, ste
     return {'task': task, 'c': s['step_s_median']/batch, 'grad_bytes': grad_bytes(task, task_args)}
 
 # %% ../../nbs/61_distributed.scaling.ipynb #c2959f3c
-from ..calo.data import G4_CPU_S_PER_GEV     # Geant4's CPU cost per GeV, one core (data/g4/README.md)
-
-def g4_cpu_seconds(e_gev) -> np.ndarray:
-    "CPU seconds (one core) Geant4 spends on one shower of `e_gev` GeV (README: linear, 4.9 ms/GeV)."
-    e = np.asarray(e_gev, float)
-    if np.any(e <= 0): raise VMLInputError("energies must be > 0", field='e_gev')
-    return G4_CPU_S_PER_GEV*e
+from ..calo.data import g4_cpu_seconds     # Geant4's CPU s per shower (one core) at energies in MeV (data/g4/README.md)
 
 def loguniform_mean(e1: float, e2: float) -> float:
     "Mean of a log-uniform distribution on [e1, e2]: (e2 − e1) / ln(e2/e1)."
@@ -302,13 +296,13 @@ def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_ge
                   f"weak scaling at 8 samples/worker:", md_table(projection(gm, 8, workers=(1, 8, 32, 128, 256))), '',
                   md_table(seed_comparison(gm, 8))]
         if gan.get('gen_j') is not None:
-            e_g4_ = float(g4_cpu_seconds(loguniform_mean(1, 100)))*TDP_PER_CORE_W
+            e_g4_ = float(g4_cpu_seconds(1e3*loguniform_mean(1, 100)))*TDP_PER_CORE_W
             etr = projected_training_joules(gan['c'], 8000, 100)
             parts += ['', f"{ADAPTER_NAMES.get(gan['task'], gan['task'])} energy on this CPU (projected: 8000 showers x 100 epochs): {etr/J_PER_KWH:.3g} kWh "
                       f"({etr/J_PER_KWH*CARBON_G_PER_KWH/1e3:.3g} kg CO2e), generation {gan['gen_j']*1e3:.3g} mJ/shower -> "
                       f"break-even {break_even_showers(etr, gan['gen_j'], e_g4_):.3g} showers"]
     if e_train is not None and e_gen is not None:
-        e_g4 = float(g4_cpu_seconds(loguniform_mean(1, 100)))*TDP_PER_CORE_W
+        e_g4 = float(g4_cpu_seconds(1e3*loguniform_mean(1, 100)))*TDP_PER_CORE_W
         parts += ['', f"energy: training {e_train:.4g} J, generation {e_gen:.3g} J/shower, Geant4 {e_g4:.3g} J/shower "
                   f"(1-100 GeV log-uniform) -> break-even {break_even_showers(e_train, e_gen, e_g4):,.0f} showers",
                   md_table(sustainability_table(e_train, e_gen, e_g4)),

@@ -45,13 +45,11 @@ def peak_flops(precision: str = 'fp32', cores: int | None = None, ghz: float | N
     if precision == 'int8' and key == 'int8' and 'avx512_vnni' not in isa: key = 'fp32'
     return cores*ghz*1e9*OPS_PER_CYCLE[key]
 
-from ..calo.data import G4_CPU_S_PER_GEV     # Geant4's CPU cost per GeV, one core (data/g4/README.md)
+from ..calo.data import g4_cpu_seconds     # Geant4's CPU s per shower, one core (data/g4/README.md)
 
 def g4_seconds(energies_MeV) -> float:
     "Mean Geant4 CPU seconds per shower (one core) at these incident energies (README: 4.9 ms per GeV, linear)."
-    e = np.asarray(energies_MeV, np.float64)
-    if e.size == 0 or (e <= 0).any(): raise VMLInputError("energies must be positive", field='energies')
-    return float(G4_CPU_S_PER_GEV*e.mean()/1000)
+    return float(g4_cpu_seconds(energies_MeV).mean())
 
 # %% ../../nbs/52_quant.bench.ipynb #2176d35d
 from ..distributed.ddp import TDP_PER_CORE_W as W_PER_CORE   # Xeon Platinum 8480+: 350 W TDP / 56 cores, one constant for the project
