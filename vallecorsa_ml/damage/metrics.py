@@ -33,7 +33,7 @@ def harmonic_f1(f1s: Sequence[float], eps: float = 1e-6) -> float:
     return float(len(f1s) / sum((f + eps) ** -1 for f in f1s))
 
 def xview2_rows(loc_pred, dmg_pred, loc_targ, dmg_targ) -> tuple[np.ndarray, np.ndarray]:
-    "Per-image counts: localization [TP, FN, FP] and damage [TP, FN, FP] × classes 1-4 (NaN: class not in target)."
+    "Per-image counts: localization [TP, FN, FP] and damage [TP, FN, FP] × classes 1-4 (every class, present in the target or not)."
     arrs = [np.asarray(a) for a in (loc_pred, dmg_pred, loc_targ, dmg_targ)]
     if len({a.shape for a in arrs}) != 1:
         raise VMLInputError(f"masks of different shapes {[a.shape for a in arrs]}", field='masks')
@@ -42,11 +42,8 @@ def xview2_rows(loc_pred, dmg_pred, loc_targ, dmg_targ) -> tuple[np.ndarray, np.
     lrow = np.array([(lp_b & lt_b).sum(), (~lp_b & lt_b).sum(), (lp_b & ~lt_b).sum()], float)
     dp = np.where(lp_b, dp, 0)[dt_b]
     dt = dt[dt_b]
-    present = set(np.unique(dt).tolist())
     drow = []
-    for c in range(1, 5):
-        if c in present: drow += [((dp == c) & (dt == c)).sum(), ((dp != c) & (dt == c)).sum(), ((dp == c) & (dt != c)).sum()]
-        else: drow += [np.nan] * 3
+    for c in range(1, 5): drow += [((dp == c) & (dt == c)).sum(), ((dp != c) & (dt == c)).sum(), ((dp == c) & (dt != c)).sum()]
     return lrow, np.array(drow, float)
 
 class XView2Score:
@@ -61,7 +58,7 @@ class XView2Score:
             for a in zip(loc_pred, dmg_pred, loc_targ, dmg_targ): self.update(*a)
             return self
         l, d = xview2_rows(loc_pred, dmg_pred, loc_targ, dmg_targ)
-        self.l += l; self.d += np.nan_to_num(d, nan=0.0); self.n += 1
+        self.l += l; self.d += d; self.n += 1
         return self
     def compute(self) -> dict:
         "Official keys (`score`, `damage_f1`, `localization_f1`, `damage_f1_<class>`) plus precisions/recalls."
