@@ -277,6 +277,10 @@ class CaloDiT(nn.Module):
             L = torch.where(L >= self.config.thr, L, torch.zeros_like(L))
         return L
     @property
+    def n_layer_noise(self) -> int:
+        "Length of stage 1's noise vector per shower (0 for a one-stage model): Z layers, + 1 with the sampled response."
+        return (self.config.shape[0] + self.config.layer_total) if self.config.layer_model else 0
+    @property
     def n_cond(self) -> int:
         "Columns of `cond` that `forward` takes: 4, plus one standardised energy per layer for a two-stage model."
         return 4 + (self.config.shape[0] if self.config.layer_model else 0)
@@ -349,13 +353,17 @@ class CaloDiT(nn.Module):
         return x, sigma, cond
 
     @torch.no_grad()
-    def with_layers(self, cond: torch.Tensor, seed: int | None = None, steps: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
-        "Packed conditions (N, 4) → the inputs of `forward`: for a two-stage model, append standardised layer energies sampled by stage 1 (deterministic Heun, `steps`)."
+    def with_layers(self, cond: torch.Tensor, seed: int | None = None, steps: int = 20, generator: torch.Generator | None = None,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed conditions (N, 4) → the inputs of `forward`: for a two-stage model, append standardised layer energies
+        sampled by stage 1 (deterministic Heun, `steps`) from standard-normal `noise` (N, `n_layer_noise`), drawn here when not given."""
         if not self.config.layer_model: return cond
-        g = generator or torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
         Z = self.config.shape[0]
         sig = karras_sigmas(int(steps), self.config.sigma_min, self.config.sigma_max, self.config.rho)
-        v = torch.randn(len(cond), self.v_max.shape[1], generator=g)*sig[0]
+        if noise is None:
+            g = generator or torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
+            noise = torch.randn(len(cond), self.n_layer_noise, generator=g)
+        v = noise*sig[0]
         lo = self.stage1_vector(torch.zeros(len(cond), Z), cond)
         was = self.training; self.eval()
         v = heun_sample(self.layer_net, v, cond, sig, clip=(lo, torch.maximum(self.v_max[cond[:, 3].long()], lo)))
@@ -363,47 +371,62 @@ class CaloDiT(nn.Module):
         return torch.cat([cond[:, :4], self.layer_tf(self.stage1_energies(v, cond))], 1)    # snapped: empty layers exactly at the empty level
 
     @torch.no_grad()
+    def generate(self, cond: torch.Tensor, noise: torch.Tensor, layer_noise: torch.Tensor | None = None, steps: int = 16,
+                 layer_steps: int = 20, bf16: bool = False, clip: bool = True, rescale: bool = True, readout: bool = True) -> torch.Tensor:
+        """The sampler on tensors: packed conditions `cond` (B, 4), standard-normal `noise` (B, Z, P, R) and, for a two-stage
+        model, `layer_noise` (B, `n_layer_noise`) → showers (B, Z, P, R) in MeV. Deterministic given the noise; made of
+        tensor operations only, so that it traces into one graph (`calo.par04`). `sample` calls it batch by batch."""
+        if self.config.layer_model:
+            if layer_noise is None: raise VMLInputError("a two-stage model needs layer_noise", field='layer_noise')
+            cond = self.with_layers(cond, steps=layer_steps, noise=layer_noise)
+        sig = karras_sigmas(int(steps), self.config.sigma_min, self.config.sigma_max, self.config.rho)
+        was = self.training; self.eval()
+        x = noise*sig[0]
+        # clip the denoised estimate to the range of the data: empty cell .. min(incident energy, largest training value at (z, r))
+        lo = self.transform(torch.zeros(()))
+        hi = self.transform(1e4*10**cond[:, 0].double()).float()[:, None, None, None]
+        hi = torch.minimum(hi, self.y_max[cond[:, 3].long()][:, :, None, :])
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            x = heun_sample(self, x, cond, sig, clip=(lo, hi) if clip else None)
+        e = self.transform.inverse(x.float())
+        if readout:          # (detector, energy bin) flattened into one bin index for the shared `apply_readout`
+            b = cond[:, 3].long()*self.cell_thr.shape[1] + thr_bin(cond[:, 0])
+            e = apply_readout(e, b, self.cell_thr.flatten(0, 1), *((self.map_q.flatten(0, 1), self.map_r.flatten(0, 1)) if self.map_on else ()))
+        if self.config.layer_model and rescale:     # each layer to its stage-1 energy
+            L, s = self.layer_tf.inverse(cond[:, 4:]), e.sum((2, 3))
+            e = e*torch.where(s > 0, L/s.clamp(min=1e-30), torch.zeros_like(s))[:, :, None, None]
+            # a layer that stage 2 left empty and stage 1 did not: its energy goes to the layer's most likely cell (largest x)
+            miss = ((s <= 0) & (L > 0)).float()
+            top = F.one_hot(x.flatten(2).argmax(-1), e[0, 0].numel()).reshape(e.shape).float()
+            e = e + top*(L*miss)[:, :, None, None]
+            e = torch.where(e >= self.config.thr, e, torch.zeros_like(e))
+        self.train(was)
+        return e
+
+    @torch.no_grad()
     def sample(self, energies_MeV, thetas=None, phis=None, detector=0, seed: int | None = None, steps: int = 12,
                batch_size: int = 250, bf16: bool = False, return_torch: bool = False, clip: bool = True,
-               rescale: bool = True, layer_steps: int = 20, readout: bool = True):
+               rescale: bool = True, layer_steps: int = 20, readout: bool = True, noise: tuple | None = None):
         """Generate showers for the given conditions with the deterministic Heun sampler → `ShowerData` (MeV; a tensor with `return_torch`).
         A two-stage model first samples the layer energies (`layer_steps` Heun steps of the small stage-1 net), generates
         the shower given them, and with `rescale` scales each layer to its stage-1 energy. `readout=False` skips the
-        calibrated read-out (`calibrate_thresholds`): the raw cells of the sampler."""
+        calibrated read-out (`calibrate_thresholds`): the raw cells of the sampler. The noise is drawn from `seed` (shower
+        noise first, then stage 1's), or given as `noise=(shower noise (N, Z, P, R), layer noise (N, n_layer_noise) or None)`."""
         cond = make_conditions(energies_MeV, thetas, phis, detector)
         if cond[:, 3].max() >= self.config.n_detectors: raise VMLInputError("detector id beyond the model's detectors", field='detector')
         if not isinstance(steps, (int, np.integer)) or steps < 2 or steps > 25: raise VMLInputError("steps must be an integer in [2, 25]", field='steps')
-        g = torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
         n = cond.shape[0]
-        noise = torch.randn(n, *self.config.shape, generator=g)
-        cond = self.with_layers(cond, generator=g, steps=layer_steps)
-        sig = karras_sigmas(int(steps), self.config.sigma_min, self.config.sigma_max, self.config.rho)
-        was = self.training; self.eval()
-        out = []
-        for i in range(0, n, batch_size):
-            c = cond[i:i + batch_size]
-            x = noise[i:i + batch_size]*sig[0]
-            # clip the denoised estimate to the range of the data: empty cell .. min(incident energy, largest training value at (z, r))
-            lo = self.transform(torch.zeros(()))
-            hi = self.transform(1e4*10**c[:, 0].double()).float()[:, None, None, None]
-            hi = torch.minimum(hi, self.y_max[c[:, 3].long()][:, :, None, :])
-            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-                x = heun_sample(self, x, c, sig, clip=(lo, hi) if clip else None)
-            e = self.transform.inverse(x.float())
-            if readout:          # (detector, energy bin) flattened into one bin index for the shared `apply_readout`
-                b = c[:, 3].long()*self.cell_thr.shape[1] + thr_bin(c[:, 0])
-                e = apply_readout(e, b, self.cell_thr.flatten(0, 1), *((self.map_q.flatten(0, 1), self.map_r.flatten(0, 1)) if self.map_on else ()))
-            if self.config.layer_model and rescale:     # each layer to its stage-1 energy
-                L, s = self.layer_tf.inverse(c[:, 4:]), e.sum((2, 3))
-                e = e*torch.where(s > 0, L/s.clamp(min=1e-30), torch.zeros_like(s))[:, :, None, None]
-                # a layer that stage 2 left empty and stage 1 did not: its energy goes to the layer's most likely cell (largest x)
-                miss = ((s <= 0) & (L > 0)).float()
-                top = F.one_hot(x.flatten(2).argmax(-1), e[0, 0].numel()).reshape(e.shape).float()
-                e = e + top*(L*miss)[:, :, None, None]
-                e = torch.where(e >= self.config.thr, e, torch.zeros_like(e))
-            out.append(e)
-        self.train(was)
-        res = torch.cat(out)
+        if noise is None:
+            g = torch.Generator().manual_seed(int(seed) if seed is not None else random.randrange(2**31))
+            z = torch.randn(n, *self.config.shape, generator=g)
+            zl = torch.randn(n, self.n_layer_noise, generator=g) if self.config.layer_model else None
+        else:
+            z, zl = (torch.as_tensor(t, dtype=torch.float32) if t is not None else None for t in noise)
+            if tuple(z.shape) != (n, *self.config.shape) or (self.config.layer_model and (zl is None or tuple(zl.shape) != (n, self.n_layer_noise))):
+                raise VMLInputError(f"noise must be ((N, {', '.join(map(str, self.config.shape))}), (N, {self.n_layer_noise})) for N = {n} showers", field='noise')
+        res = torch.cat([self.generate(cond[i:i + batch_size], z[i:i + batch_size], None if zl is None else zl[i:i + batch_size],
+                                       steps=int(steps), layer_steps=layer_steps, bf16=bf16, clip=clip, rescale=rescale, readout=readout)
+                         for i in range(0, n, batch_size)])
         if return_torch: return res
         from vallecorsa_ml.calo.data import ShowerData
         from vallecorsa_ml.calo.geometry import DS2, DS3
