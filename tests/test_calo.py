@@ -32,6 +32,7 @@ def test_vml_evaluate_end_to_end(g4_files):
     assert r.returncode == 0, r.stderr
     m = json.loads((d/'ev'/'metrics.json').read_text())
     assert m['n_gen'] == m['n_ref'] == 250 and m['geometry'] == 'ds2'
+    assert m['units']['gen']['units'] == m['units']['ref']['units'] == 'raw'     # our files record their energy convention
     assert 0 <= m['cls_high']['auc'] <= 1 and 0 <= m['cls_low']['auc'] <= 1 and np.isfinite(m['fpd']) and m['sep_mean'] < 0.5
     for f in ('index.html', 'profiles.png', 'average_shower.png', 'E_layer.png'):
         assert (d/'ev'/f).stat().st_size > 1000, f

@@ -17,11 +17,13 @@ from ..datasets import dataset_path, split_rows, check_not_heldout
 from .geometry import CylMesh, CartMesh, get_geometry, infer_geometry, mesh_dict, DS2, CART25, CART51
 
 # %% auto #0
-__all__ = ['G4_DATASETS', 'G4_CPU_S_PER_SHOWER', 'G4_CPU_S_PER_GEV', 'SAMPLING_FRACTION', 'READOUT_EDGES', 'MAP_KNOTS',
-           'ShowerData', 'concat_showers', 'read_showers', 'iter_showers', 'validate_file', 'write_showers', 'g4_path',
-           'load_g4', 'load_showers', 'showers_from', 'g4_cpu_seconds', 'ShowerTransform', 'EincScale', 'LogTransform',
-           'PowerTransform', 'Compose', 'condition_vector', 'ShowerDataset', 'shower_dataloaders', 'energy_bin',
-           'readout_view', 'cell_map', 'apply_readout', 'fit_readout', 'fit_slice_map', 'apply_slice_map']
+__all__ = ['SAMPLING_FRACTION', 'CALOCHALLENGE_SAMPLING_FRACTION', 'ENERGY_UNITS', 'UNITS_ATTR', 'SF_ATTR', 'G4_DATASETS',
+           'G4_CPU_S_PER_SHOWER', 'G4_CPU_S_PER_GEV', 'READOUT_EDGES', 'MAP_KNOTS', 'ShowerData', 'concat_showers',
+           'read_showers', 'iter_showers', 'validate_file', 'units_key', 'recorded_units', 'median_response',
+           'shower_units', 'to_calochallenge', 'write_showers', 'g4_path', 'load_g4', 'load_showers', 'showers_from',
+           'g4_cpu_seconds', 'ShowerTransform', 'EincScale', 'LogTransform', 'PowerTransform', 'Compose',
+           'condition_vector', 'ShowerDataset', 'shower_dataloaders', 'energy_bin', 'readout_view', 'cell_map',
+           'apply_readout', 'fit_readout', 'fit_slice_map', 'apply_slice_map']
 
 # %% ../../nbs/11_calo.data.ipynb #140e4a0a
 @dataclass
@@ -213,11 +215,93 @@ def validate_file(path, geometry=None, chunk_size: int = 1000) -> dict:
     return dict(file=str(path), format=fmt, n=n, geometry=g.name, shape=g.shape, e_min_MeV=float(emin),
                 e_max_MeV=float(emax), deposited_MeV=etot, angles=bool(keys.get('theta') or keys.get('eta')))
 
+# %% ../../nbs/11_calo.data.ipynb #1c799ede
+SAMPLING_FRACTION = 0.0320                 # sum(showers)/E of the Geant4 electrons, 1-100 GeV (data/g4/README.md)
+CALOCHALLENGE_SAMPLING_FRACTION = 0.033    # official datasets 2 and 3: cell energy = Si energy / 0.033 (evaluate.py)
+ENERGY_UNITS = {'raw': 'raw-active-MeV', 'calochallenge': 'calochallenge-MeV'}   # values of the `vml_units` attribute
+UNITS_ATTR, SF_ATTR = 'vml_units', 'vml_sampling_fraction'
+_SIMULATOR_SF = {'w_si': SAMPLING_FRACTION, 'pbwo4': 1.0}   # calo.simulate's detectors: W/Si as the Geant4 files; PbWO4 homogeneous
+
+def units_key(units, field: str = '--units') -> str:
+    "'raw' or 'calochallenge' from either name or its attribute value; anything else is an error."
+    s = str(units).strip().lower()
+    for k, v in ENERGY_UNITS.items():
+        if s in (k, v.lower()): return k
+    raise VMLInputError(f"unknown energy units {units!r}; choose raw or calochallenge", field=field)
+
+def _check_sf(v, field: str = '--sampling-fraction') -> float:
+    try: v = float(v)
+    except (TypeError, ValueError): raise VMLInputError(f"not a number: {v!r}", field=field) from None
+    if not (math.isfinite(v) and 0 < v <= 1): raise VMLInputError(f"must be in (0, 1], got {v}", field=field)
+    return v
+
+def _default_sf(units: str) -> float: return SAMPLING_FRACTION if units == 'raw' else CALOCHALLENGE_SAMPLING_FRACTION
+
+def recorded_units(data: ShowerData) -> dict | None:
+    "The convention `data` records (its `vml_units` attribute, or a producer known by its attributes): dict(units, sampling_fraction, how), or None."
+    a = data.attrs
+    if a.get(UNITS_ATTR) is not None:
+        u = units_key(a[UNITS_ATTR], UNITS_ATTR)
+        sf = _check_sf(a[SF_ATTR], SF_ATTR) if a.get(SF_ATTR) is not None else _default_sf(u)
+        return dict(units=u, sampling_fraction=sf, how=f"{UNITS_ATTR} attribute")
+    if 'geant4_version' in a and str(a.get('sensitive', '')).startswith('G4_Si'):
+        return dict(units='raw', sampling_fraction=SAMPLING_FRACTION, how="Geant4 file of the project (energy in the Si)")
+    if a.get('generator') == 'vallecorsa_ml.calo.simulate' and a.get('detector') in _SIMULATOR_SF:
+        return dict(units='raw', sampling_fraction=_SIMULATOR_SF[a['detector']], how=f"built-in simulator ({a['detector']})")
+    return None
+
+def median_response(data: ShowerData) -> float:
+    "Median over the sample of E_tot/E_inc, in the sample's own units."
+    return float(np.median(data.flat.sum(1, dtype=np.float64)/data.energies))
+
+def shower_units(data: ShowerData, declared: str | None = None, sampling_fraction: float | None = None,
+                 fallback: dict | None = None) -> dict:
+    """Energy convention of `data`: dict(units='raw'|'calochallenge', sampling_fraction, how). A recorded one wins (with
+    its own sampling fraction) and must agree with `declared`; a declared one (`sampling_fraction` for raw, default
+    `SAMPLING_FRACTION`) must agree with the energy scale; with neither, `fallback` if given, else the official scale
+    (median E_tot/E_inc within 0.5-1.5) means CaloChallenge units; else an error."""
+    where = data.attrs.get('file')
+    rec = recorded_units(data)
+    sf = None if sampling_fraction is None else _check_sf(sampling_fraction)
+    if rec is not None:
+        if declared is not None and units_key(declared) != rec['units']:
+            raise VMLInputError(f"declared {units_key(declared)} units, but its {rec['how']} says {rec['units']}", file=where, field='--units')
+        return rec
+    if declared is not None:
+        u = units_key(declared)
+        sf = sf if sf is not None else _default_sf(u)
+        r = median_response(data)/(sf if u == 'raw' else 1.0)
+        if not 0.2 <= r <= 5.0:
+            raise VMLInputError(f"declared {u} units" + (f" (sampling fraction {sf:g})" if u == 'raw' else '') +
+                                f" conflict with its energy scale: its median E_tot/E_inc in CaloChallenge units would be {r:.3g}, not about 1",
+                                file=where, field='--units')
+        return dict(units=u, sampling_fraction=sf, how='declared')
+    if fallback is not None: return dict(fallback, how=f"as the reference: {fallback['how']}")
+    r = median_response(data)
+    if 0.5 <= r <= 1.5:
+        return dict(units='calochallenge', sampling_fraction=sf if sf is not None else CALOCHALLENGE_SAMPLING_FRACTION,
+                    how=f"official CaloChallenge scale (no {UNITS_ATTR} attribute, median E_tot/E_inc {r:.3g})")
+    raise VMLInputError(f"energy units unknown: no {UNITS_ATTR} attribute, and the median E_tot/E_inc {r:.3g} is not the official scale "
+                        f"(0.5-1.5); declare them: --units raw (energy in the active layers; sampling fraction {SAMPLING_FRACTION} "
+                        f"unless --sampling-fraction) or --units calochallenge", file=where, field='--units')
+
+def to_calochallenge(data: ShowerData, units: dict | str | None = None, sampling_fraction: float | None = None) -> ShowerData:
+    """`data` in CaloChallenge units: raw cells divided by the sampling fraction in float64 and rounded to float32 once
+    (CaloChallenge data unchanged). `units`: a `shower_units` dict, or declared as for `shower_units`."""
+    u = units if isinstance(units, dict) else shower_units(data, units, sampling_fraction)
+    x = data.showers
+    if u['units'] == 'raw':
+        x, sf = np.empty_like(data.showers), float(u['sampling_fraction'])
+        for i in range(0, len(x), 4096): x[i:i + 4096] = data.showers[i:i + 4096].astype(np.float64)/sf
+    attrs = {**data.attrs, UNITS_ATTR: ENERGY_UNITS['calochallenge'], SF_ATTR: float(u['sampling_fraction'])}
+    return ShowerData(x, data.energies, data.theta, data.phi, data.geometry, attrs)
+
 # %% ../../nbs/11_calo.data.ipynb #181b845b
 _SKIP_ATTRS = ('file', 'format', 'vml_geometry', 'sources')
 
-def write_showers(path, data: ShowerData, fmt: str = 'calochallenge', compression: str | None = 'gzip', attrs: dict | None = None) -> Path:
-    "Write `data` as CaloChallenge (`fmt='calochallenge'`) or 3DGAN (`fmt='3dgan'`, GeV) HDF5, atomically."
+def write_showers(path, data: ShowerData, fmt: str = 'calochallenge', compression: str | None = 'gzip', attrs: dict | None = None,
+                  units: str | None = None, sampling_fraction: float | None = None) -> Path:
+    "Write `data` as CaloChallenge (`fmt='calochallenge'`) or 3DGAN (`fmt='3dgan'`, GeV) HDF5, atomically, with its energy convention (`units`: 'raw' | 'calochallenge'; default: the one `data` records)."
     if fmt not in ('calochallenge', '3dgan'):
         raise VMLInputError(f"unknown format {fmt!r}; choose 'calochallenge' or '3dgan'", field='fmt')
     if not isinstance(data, ShowerData): raise VMLInputError("data must be a ShowerData", field='data')
@@ -225,8 +309,15 @@ def write_showers(path, data: ShowerData, fmt: str = 'calochallenge', compressio
     g, n = data.geometry, len(data)
     if fmt == '3dgan' and not isinstance(g, CartMesh):
         raise VMLInputError(f"the 3DGAN layout needs a Cartesian mesh, got {g.name}", file=path, field='geometry')
-    kw = dict(compression=compression, shuffle=True) if compression else {}
     path = Path(path)
+    conv = recorded_units(data)
+    if units is not None:
+        u = units_key(units, 'units')
+        if conv is not None and conv['units'] != u:
+            raise VMLInputError(f"units {u} given, but the sample records {conv['units']} ({conv['how']})", file=path, field='units')
+        sf = _check_sf(sampling_fraction, 'sampling_fraction') if sampling_fraction is not None else (conv or {}).get('sampling_fraction', _default_sf(u))
+        conv = dict(units=u, sampling_fraction=sf)
+    kw = dict(compression=compression, shuffle=True) if compression else {}
     with atomic_write(path, suffix='.h5') as tmp:
         with h5py.File(tmp, 'w') as f:
             meta = {**{k: v for k, v in data.attrs.items() if k not in _SKIP_ATTRS}, **(attrs or {})}
@@ -234,6 +325,7 @@ def write_showers(path, data: ShowerData, fmt: str = 'calochallenge', compressio
                 try: f.attrs[k] = v
                 except (TypeError, ValueError): f.attrs[k] = json.dumps(v, default=str)
             f.attrs['vml_geometry'] = json.dumps(mesh_dict(g))
+            if conv is not None: f.attrs[UNITS_ATTR], f.attrs[SF_ATTR] = ENERGY_UNITS[conv['units']], float(conv['sampling_fraction'])
             rows = max(1, min(n, 100))
             if fmt == 'calochallenge':
                 f.create_dataset('incident_energies', data=data.energies.reshape(-1, 1).astype(np.float32), **kw)
@@ -297,7 +389,6 @@ def showers_from(spec: str, geometry=None, max_n: int | None = None) -> ShowerDa
 # %% ../../nbs/11_calo.data.ipynb #0548a6d3
 G4_CPU_S_PER_SHOWER = {10: 0.049, 50: 0.24, 100: 0.49}   # Geant4 CPU s per e- shower at 10/50/100 GeV, one core (data/g4/README.md)
 G4_CPU_S_PER_GEV = 4.9e-3                                # the same, as a linear law in the primary energy
-SAMPLING_FRACTION = 0.0320                               # sum(showers)/E of the Geant4 electrons, 1-100 GeV (data/g4/README.md)
 
 def g4_cpu_seconds(energies_MeV) -> np.ndarray:
     "Geant4 CPU seconds per shower (one core) at incident energies `energies_MeV` (the README's linear law)."

@@ -905,7 +905,7 @@ def vml_generate(
     steps: int = None,           # Diffusion transformer: Heun sampler steps, 2-25 (default 16)
 ):
     "Generate showers with a shipped model (--model) or a trained checkpoint and write them as CaloChallenge HDF5."
-    from vallecorsa_ml.calo.data import write_showers, showers_from
+    from vallecorsa_ml.calo.data import write_showers, showers_from, SAMPLING_FRACTION
     from vallecorsa_ml.calo.simulate import parse_range
     if bool(model) == bool(checkpoint): raise VMLInputError("give either --model NAME (a shipped model) or --checkpoint FILE", field='--model')
     if not out: raise VMLInputError("required", field='--out')
@@ -936,7 +936,11 @@ def vml_generate(
     with Timer() as t: sd = G.sample(E, th, ph, seed=seed, batch_size=batch_size)
     attrs = {'model': str(model or checkpoint), 'seed': seed, 'conditions': str(conditions or energies)}
     if hasattr(G, 'detector'): attrs['detector'] = str(G.detector)
-    p = write_showers(out, sd, attrs=attrs)
+    det = getattr(G, 'detector', None)                         # the energy convention of the file (calo.data): the models learn raw
+    if isinstance(det, (int, np.integer)):                       # active-layer energy, of W/Si as the Geant4 files, or of homogeneous PbWO4
+        from vallecorsa_ml.calo.diffusion import DETECTORS
+        det = {v: k for k, v in DETECTORS.items()}.get(int(det), det)
+    p = write_showers(out, sd, attrs=attrs, units='raw', sampling_fraction=1.0 if str(det).startswith('pbwo4') else SAMPLING_FRACTION)
     print(f"{p}: {len(sd)} showers on {sd.geometry.name} {sd.geometry.shape}, {E.min()/1e3:.3g}-{E.max()/1e3:.3g} GeV, "
           f"{len(sd)/t.seconds:.0f} showers/s, mean E_mesh/E = {(sd.flat.sum(1)/sd.energies).mean():.4f}")
     return p

@@ -12,13 +12,15 @@ import numpy as np
 from ..core import (VMLInputError, seed_everything, save_json, check_profile, pick, run_folder, save_metrics,
                                 Timer, bench, bench_table, md_table, cli_errors, cpu_info)
 from .geometry import CylMesh, CartMesh, get_geometry
-from .data import ShowerData, read_showers, load_g4, concat_showers, showers_from
+from .data import (ShowerData, read_showers, load_g4, load_showers, concat_showers, showers_from,
+                                     shower_units, to_calochallenge, ENERGY_UNITS)
 from .features import (high_level_features, hlf_matrix, longitudinal_profile, transverse_profile,
                                          relative_width, shower_max)
 
 # %% auto #0
-__all__ = ['separation_power_hist', 'separation_power', 'response_scale', 'readout_threshold', 'histogram_set',
-           'cell_spectrum_bins', 'separation_powers', 'summarize_separation', 'limit_threads', 'ClassifierDNN',
+__all__ = ['CALOCHALLENGE_MIN_ENERGY', 'OFFICIAL_LABELS', 'separation_power_hist', 'separation_power', 'apply_threshold',
+           'official_sample', 'official_features', 'histogram_set', 'cell_spectrum_bins', 'separation_powers',
+           'summarize_separation', 'official_label', 'official_separation_powers', 'limit_threads', 'ClassifierDNN',
            'classifier_inputs', 'classifier_test', 'normalise_features', 'frechet_distance', 'fpd', 'kpd',
            'hist_compare', 'plot_feature_grid', 'plot_average_shower', 'plot_profiles', 'evaluate', 'vml_evaluate',
            'bench_eval', 'vml_bench_eval']
@@ -37,50 +39,91 @@ def separation_power_hist(h1, h2) -> float:
 
 def separation_power(a, b, bins) -> float:
     "Separation power of samples `a` and `b` histogrammed with `bins` (edges or a count); 0 identical, 1 disjoint."
-    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    f = lambda v: np.asarray(v).ravel() if np.asarray(v).dtype.kind == 'f' else np.asarray(v, float).ravel()   # float32 stays float32 (np.histogram compares exactly)
+    a, b = f(a), f(b)
     if np.ndim(bins) == 0:
         lo, hi = np.nanmin(np.r_[a, b]), np.nanmax(np.r_[a, b])
         bins = np.linspace(lo, hi if hi > lo else lo + 1, int(bins) + 1)
     return separation_power_hist(np.histogram(a, bins)[0], np.histogram(b, bins)[0])
 
 # %% ../../nbs/14_calo.metrics.ipynb #0732cf4b
-def response_scale(ref_features: dict) -> float:
-    "1 for showers scaled to the full energy; the median E_tot/E_inc (3 significant digits) for raw sampling-layer energies."
-    m = float(np.median(ref_features['E_ratio']))
-    return 1.0 if m > 0.2 else float(f"{m:.3g}")
+CALOCHALLENGE_MIN_ENERGY = 0.5e-3/0.033     # MeV per cell, CaloChallenge units: the official read-out threshold of datasets 2 and 3 (15.15 keV)
 
-def readout_threshold(ref_features: dict) -> float:
-    "Minimal cell energy [MeV] of the official evaluation: 0.5 keV deposited (0.5 keV/0.033 for full-energy showers)."
-    return 0.5e-3/0.033 if response_scale(ref_features) == 1.0 else 0.5e-3
+def apply_threshold(data: ShowerData, min_energy: float = CALOCHALLENGE_MIN_ENERGY) -> ShowerData:
+    "`data` with every cell below `min_energy` [MeV] set to 0, compared in float32 as the official `np.where(shower < min_energy, 0, shower)`."
+    if min_energy <= 0: return data
+    x = np.where(data.flat < np.float32(min_energy), np.float32(0), data.flat)
+    return ShowerData(x, data.energies, data.theta, data.phi, data.geometry, dict(data.attrs))
 
-def histogram_set(ref_f: dict, geometry, min_energy: float | None = None, cell_max: float | None = None) -> dict:
-    "Official binnings: {name: (feature key, layer or None, bin edges)} for a reference feature dict."
-    g = get_geometry(geometry)
-    if min_energy is None: min_energy = readout_threshold(ref_f)
-    s = response_scale(ref_f)
-    out = {'E_ratio': ('E_ratio', None, np.linspace(0.5*s, 1.5*s, 101))}
-    rmax = g.r_edges[-1] if isinstance(g, CylMesh) else float(max(g.x_edges[-1], g.y_edges[-1]))*math.sqrt(2)
+def official_sample(data: ShowerData, units: dict | str | None = None, min_energy: float = CALOCHALLENGE_MIN_ENERGY) -> ShowerData:
+    "`data` in CaloChallenge units (`to_calochallenge`; `units` as for `shower_units`) after the read-out threshold."
+    c = to_calochallenge(data, units)
+    if c.showers is data.showers: return apply_threshold(c, min_energy)
+    if min_energy > 0: c.showers[c.showers < np.float32(min_energy)] = 0        # our own converted copy: in place
+    return c
+
+def _official_coords(g):
+    "Cell centres (x = η, y = φ, r) [mm] of one layer in `layer_view` order, built as the official `XMLHandler` does."
+    if isinstance(g, CylMesh):
+        re = [float(f'{v:.12g}') for v in g.r_edges]                   # the edges as the binning file writes them (4.65, 9.3, ...)
+        rm = [re[i] + (re[i + 1] - re[i])/2 for i in range(g.n_r)]
+        a = np.linspace(-math.pi, math.pi, g.n_phi + 1)
+        am = [a[i] + float(a[i + 1] - a[i])/2 for i in range(g.n_phi)]
+        r = np.array([rm[i] for _ in range(g.n_phi) for i in range(g.n_r)])
+        al = np.array([am[j] for j in range(g.n_phi) for _ in range(g.n_r)])
+        return r*np.cos(al), r*np.sin(al), r
+    x, y = (np.asarray(v, float) for v in g.layer_xy())
+    return x, y, np.hypot(x, y)
+
+def official_features(data: ShowerData, min_energy: float = CALOCHALLENGE_MIN_ENERGY) -> dict:
+    """The official high-level features of `data` (CaloChallenge units) after the read-out threshold, with the official
+    arithmetic: E_inc, E_tot, E_ratio (float32), E_layer (N, L) float32, EC_x/y/r, width_x/y/r, sparsity (N, L)."""
+    if not isinstance(data, ShowerData): raise VMLInputError("expected a ShowerData", field='data')
+    g = data.geometry
+    d = apply_threshold(data, min_energy)
+    x, e_all = d.flat, g.layer_view(d.showers)
+    cx, cy, cr = _official_coords(g)
+    out = dict(E_inc=data.energies.astype(np.float64), E_tot=x.sum(axis=-1))
+    out['E_ratio'] = out['E_tot']/data.energies.astype(np.float32)
+    cols = {k: [] for k in ('E_layer', 'EC_x', 'EC_y', 'width_x', 'width_y', 'EC_r', 'width_r', 'sparsity')}
     for l in range(g.n_layers):
-        emax = float(ref_f['E_layer'][:, l].max())
-        if emax > min_energy: out[f'E_layer_{l}'] = ('E_layer', l, np.geomspace(min_energy, emax, 40))
-        out[f'EC_x_{l}'] = ('EC_x', l, np.linspace(-30, 30, 101))
-        out[f'EC_y_{l}'] = ('EC_y', l, np.linspace(-30, 30, 101))
-        out[f'width_x_{l}'] = ('width_x', l, np.linspace(0, 30, 101))
-        out[f'width_y_{l}'] = ('width_y', l, np.linspace(0, 30, 101))
-        out[f'EC_r_{l}'] = ('EC_r', l, np.linspace(0, rmax, 101))
-        out[f'width_r_{l}'] = ('width_r', l, np.linspace(0, rmax/2, 101))
-        out[f'sparsity_{l}'] = ('sparsity', l, np.linspace(0, 1, 21))
+        e = e_all[:, l]
+        s = e.sum(axis=-1); den = s + 1e-16
+        cols['E_layer'].append(s)
+        for k, c in (('x', cx), ('y', cy), ('r', cr)):
+            ec = (c*e).sum(axis=-1)/den
+            cols[f'EC_{k}'].append(ec)
+            cols[f'width_{k}'].append(np.sqrt(((c*c*e).sum(axis=-1)/den - ec**2).clip(min=0.)))
+        cols['sparsity'].append(1. - (e > 0).mean(axis=-1))
+    out.update({k: np.stack(v, 1) for k, v in cols.items()})
+    return out
+
+def histogram_set(ref_f: dict, geometry, min_energy: float = CALOCHALLENGE_MIN_ENERGY) -> dict:
+    "The official binnings for reference features `ref_f` (`official_features`): {name: (feature key, layer or None, bin edges)}."
+    g = get_geometry(geometry)
+    cyl = isinstance(g, CylMesh)
+    rmax = 42.0 if cyl else float(max(g.x_edges[-1], g.y_edges[-1]))*math.sqrt(2)
+    out = {'E_ratio': ('E_ratio', None, np.linspace(0.5, 1.5, 101))}
+    for l in range(g.n_layers):
+        emax = ref_f['E_layer'][:, l].max()                           # float32, as the official bins are built from it
+        if emax > min_energy: out[f'E_layer_{l}'] = ('E_layer', l, np.logspace(np.log10(min_energy), np.log10(emax), 40))
+        out[f'EC_x_{l}'] = ('EC_x', l, np.linspace(-30., 30., 101))
+        out[f'EC_y_{l}'] = ('EC_y', l, np.linspace(-30., 30., 101))
+        out[f'width_x_{l}'] = ('width_x', l, np.linspace(0., 30., 101))
+        out[f'width_y_{l}'] = ('width_y', l, np.linspace(0., 30., 101))
+        out[f'EC_r_{l}'] = ('EC_r', l, np.linspace(0., rmax, 101))
+        out[f'width_r_{l}'] = ('width_r', l, np.linspace(0., 20.0 if cyl else rmax/2, 101))
+        out[f'sparsity_{l}'] = ('sparsity', l, np.linspace(0., 1., 21))
     return out
 
 def _feature(f, key, layer): return f[key] if layer is None else f[key][:, layer]
 
-def cell_spectrum_bins(ref: ShowerData, min_energy: float, n: int = 50, decades: float = 5.0) -> np.ndarray:
-    "Log bins of cell energy from `min_energy` (or lower, to span ≥ `decades`) to the reference maximum."
-    mx = float(ref.showers.max())
-    lo = min(min_energy, mx*10**-decades)
-    return np.geomspace(lo, mx, n + 1)
+def cell_spectrum_bins(ref, min_energy: float = CALOCHALLENGE_MIN_ENERGY, n: int = 49) -> np.ndarray:
+    "The official cell-spectrum binning: `n` log bins from `min_energy` to the largest cell of `ref` (thresholded `ShowerData` or array)."
+    mx = (ref.showers if isinstance(ref, ShowerData) else np.asarray(ref)).max()
+    return np.logspace(np.log10(min_energy), np.log10(mx), n + 1)
 
-def separation_powers(gen_f: dict, ref_f: dict, geometry, min_energy: float | None = None) -> dict:
+def separation_powers(gen_f: dict, ref_f: dict, geometry, min_energy: float = CALOCHALLENGE_MIN_ENERGY) -> dict:
     "Separation power of every standard histogram: {name: value}."
     return {k: separation_power(_feature(gen_f, key, l), _feature(ref_f, key, l), b)
             for k, (key, l, b) in histogram_set(ref_f, geometry, min_energy).items()}
@@ -93,6 +136,27 @@ def summarize_separation(sp: dict) -> dict:
         if np.isfinite(v): fam.setdefault(name, []).append(v)
     out = {f'sep_{k}': float(np.mean(v)) for k, v in fam.items()}
     out['sep_mean'] = float(np.mean([v for v in sp.values() if np.isfinite(v)]))
+    return out
+
+OFFICIAL_LABELS = {'E_ratio': 'Etot / Einc', 'E_layer': 'E layer', 'EC_x': 'EC Eta layer', 'EC_y': 'EC Phi layer',
+                   'width_x': 'Width Eta layer', 'width_y': 'Width Phi layer', 'cell_spectrum': 'Voxel distribution'}
+
+def official_label(name: str) -> str | None:
+    "Label of our histogram `name` in the official `histogram_chi2_<dataset>.txt` ('E_layer_3' → 'E layer 3'); None for our additions."
+    key, l = name.rsplit('_', 1) if name[-1].isdigit() else (name, None)
+    lab = OFFICIAL_LABELS.get(key)
+    return None if lab is None else (lab if l is None else f'{lab} {l}')
+
+def official_separation_powers(path) -> dict:
+    "The separation powers of an official `histogram_chi2_<dataset>.txt` (evaluate.py -m hist-chi), under our names."
+    import re
+    back = {v: k for k, v in OFFICIAL_LABELS.items()}
+    out = {}
+    for lab, val in re.findall(r'^(.+?): \n(\S+)$', Path(path).read_text(), flags=re.M):
+        base, _, l = lab.rpartition(' ')
+        key = back.get(lab) or (f'{back[base]}_{l}' if base in back and l.isdigit() else None)
+        if key is None: raise VMLInputError(f"unknown histogram {lab!r}", file=path)
+        out[key] = float(val)
     return out
 
 # %% ../../nbs/14_calo.metrics.ipynb #725ebfb7
@@ -325,11 +389,16 @@ def plot_average_shower(gen: ShowerData, ref: ShowerData, layers=None, path=None
         if path: fig.savefig(path, dpi=80, bbox_inches='tight')
     return fig
 
-def plot_profiles(gen: ShowerData, ref: ShowerData, path=None, labels=('generated', 'Geant4'), min_energy=None, gen_f=None, ref_f=None):
-    "Mean longitudinal and radial profiles, cell-energy spectrum, E_tot/E_inc and relative width, with ratio panels."
+def plot_profiles(gen: ShowerData, ref: ShowerData, path=None, labels=('generated', 'Geant4'), min_energy=None, gen_f=None, ref_f=None,
+                  gen_units=None, ref_units=None):
+    """Mean longitudinal and radial profiles, cell-energy spectrum, E_tot/E_inc and relative width, with ratio panels, of both
+    samples in CaloChallenge units after the read-out threshold (each taken there by its energy convention, as in `evaluate`)."""
     g = ref.geometry
-    gen_f = gen_f or high_level_features(gen); ref_f = ref_f or high_level_features(ref)
-    min_energy = min_energy if min_energy is not None else readout_threshold(ref_f)
+    min_energy = CALOCHALLENGE_MIN_ENERGY if min_energy is None else min_energy
+    ru = ref_units if isinstance(ref_units, dict) else shower_units(ref, ref_units)
+    gu = gen_units if isinstance(gen_units, dict) else shower_units(gen, gen_units, fallback=ru if gen.attrs.get('file') is None else None)
+    gen, ref = official_sample(gen, gu, min_energy), official_sample(ref, ru, min_energy)
+    gen_f = gen_f or official_features(gen, min_energy); ref_f = ref_f or official_features(ref, min_energy)
     seps = {}
     with _style():
         fig = plt.figure(figsize=(22, 5.2))
@@ -356,8 +425,7 @@ def plot_profiles(gen: ShowerData, ref: ShowerData, path=None, labels=('generate
         seps['cell_spectrum'] = hist_compare(ax, rx, gen.showers.ravel(), ref.showers.ravel(), cb, 'cell energy [MeV]', logx=True, logy=True, labels=labels)
         # E ratio
         ax, rx = _ratio_axes(fig, gs[3])
-        s = response_scale(ref_f)
-        hist_compare(ax, rx, gen_f['E_ratio'], ref_f['E_ratio'], np.linspace(0.5*s, 1.5*s, 101), r'$E_{tot}/E_{inc}$', labels=labels)
+        hist_compare(ax, rx, gen_f['E_ratio'], ref_f['E_ratio'], np.linspace(0.5, 1.5, 101), r'$E_{tot}/E_{inc}$', labels=labels)
         # relative width
         ax = fig.add_subplot(gs[4])
         bins = np.geomspace(min(ref.energies.min(), gen.energies.min()), max(ref.energies.max(), gen.energies.max())*1.0001, 7)
@@ -392,19 +460,33 @@ def _html_page(m: dict, figs: list, title: str) -> str:
             "Classifier AUC 0.5 = indistinguishable. FPD/KPD: jetnet definitions on the high-level features.</p>"
             f"<h2>Figures</h2>{imgs}</body></html>")
 
+def _response(d: ShowerData, u: dict) -> float:
+    "Mean energy in the active layers over the incident energy (the sampling fraction the sample shows), before any threshold."
+    r = float(np.mean(d.flat.sum(1, dtype=np.float64)/d.energies))
+    return r*u['sampling_fraction'] if u['units'] == 'calochallenge' else r
+
 def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_epochs: int = 50, cls_max_n: int | None = None,
              cls_batch_size: int = 1000,
              fpd_kpd: bool = True, plots: bool = True, min_energy: float | None = None, seed: int = 0,
-             labels=('generated', 'Geant4'), title: str = 'Shower evaluation', fast: bool = False, plot_layers: int = 8) -> dict:
-    "All metrics of `gen` against `ref`; with `out_dir`: metrics.json, standard PNG plots and index.html."
+             labels=('generated', 'Geant4'), title: str = 'Shower evaluation', fast: bool = False, plot_layers: int = 8,
+             gen_units: str | dict | None = None, ref_units: str | dict | None = None, sampling_fraction: float | None = None) -> dict:
+    """All metrics of `gen` against `ref` in CaloChallenge units after the official read-out threshold (`min_energy`, MeV
+    in those units); each sample's energy convention as `shower_units` tells it (`gen_units`, `ref_units`: declared, or
+    `shower_units` dicts; a `gen` made in memory that records none takes the reference's). With `out_dir`: metrics.json, PNG plots, index.html."""
     if not isinstance(gen, ShowerData) or not isinstance(ref, ShowerData): raise VMLInputError("gen and ref must be ShowerData", field='data')
     if gen.geometry.shape != ref.geometry.shape:
         raise VMLInputError(f"samples on different geometries: {gen.geometry.name} {gen.geometry.shape} vs {ref.geometry.name} {ref.geometry.shape}", field='geometry')
+    ru = ref_units if isinstance(ref_units, dict) else shower_units(ref, ref_units, sampling_fraction)
+    gu = gen_units if isinstance(gen_units, dict) else shower_units(gen, gen_units, sampling_fraction,
+                                                                     fallback=ru if gen.attrs.get('file') is None else None)
+    me = CALOCHALLENGE_MIN_ENERGY if min_energy is None else float(min_energy)
+    m = dict(n_gen=len(gen), n_ref=len(ref), geometry=ref.geometry.name, min_energy_MeV=me, units=dict(gen=gu, ref=ru),
+             sampling_fraction_gen=_response(gen, gu), sampling_fraction_ref=_response(ref, ru))
     t = {}
-    with Timer() as tm: gf, rf = high_level_features(gen), high_level_features(ref)
+    with Timer() as tm:
+        gen, ref = official_sample(gen, gu, me), official_sample(ref, ru, me)
+        gf, rf = official_features(gen, me), official_features(ref, me)
     t['features_s'] = tm.seconds
-    me = readout_threshold(rf) if min_energy is None else float(min_energy)
-    m = dict(n_gen=len(gen), n_ref=len(ref), geometry=ref.geometry.name, min_energy_MeV=me, response_scale=response_scale(rf))
     with Timer() as tm:
         sp = separation_powers(gf, rf, ref.geometry, me)
         sp['cell_spectrum'] = separation_power(gen.showers, ref.showers, cell_spectrum_bins(ref, me))
@@ -412,7 +494,6 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
     m.update(summarize_separation({k: v for k, v in sp.items() if k != 'cell_spectrum'}))
     m['sep_cell_spectrum'] = sp['cell_spectrum']
     m['separation_power'] = sp
-    m['sampling_fraction_gen'], m['sampling_fraction_ref'] = float(gf['E_ratio'].mean()), float(rf['E_ratio'].mean())
     m['shower_max_gen'] = shower_max(gf['E_layer'].mean(0)); m['shower_max_ref'] = shower_max(rf['E_layer'].mean(0))
     bins = np.geomspace(min(ref.energies.min(), gen.energies.min()), max(ref.energies.max(), gen.energies.max())*1.0001, 7)
     m['relative_width'] = {lab: {k: v.tolist() for k, v in relative_width(d, bins).items()} for lab, d in (('gen', gen), ('ref', ref))}
@@ -439,7 +520,7 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
                 g = ref.geometry; hs = histogram_set(rf, g, me)
                 L = list(np.linspace(0, g.n_layers - 1, plot_layers).astype(int))
                 fig = plot_average_shower(gen, ref, path=out/'average_shower.png', labels=labels); plt.close(fig); figs.append('average_shower.png')
-                fig, _ = plot_profiles(gen, ref, path=out/'profiles.png', labels=labels, min_energy=me, gen_f=gf, ref_f=rf); plt.close(fig); figs.append('profiles.png')
+                fig, _ = plot_profiles(gen, ref, path=out/'profiles.png', labels=labels, min_energy=me, gen_f=gf, ref_f=rf)   # both record CaloChallenge units now; plt.close(fig); figs.append('profiles.png')
                 for key, ttl in (('E_layer', 'energy per layer'), ('EC_x', 'centre of energy in x (η)'), ('width_x', 'width in x (η)'),
                                  ('EC_r', 'radial centre of energy'), ('width_r', 'radial width'), ('sparsity', 'sparsity')):
                     fig = plot_feature_grid(gf, rf, g, key, L, hs, ttl, path=out/f'{key}.png', labels=labels); plt.close(fig); figs.append(f'{key}.png')
@@ -462,7 +543,10 @@ def vml_evaluate(gen: str,                 # generated showers, HDF5 (CaloChalle
                  max_n: int = None,        # read at most this many showers of each file
                  no_plots: store_true = False,  # skip the figures
                  no_fpd: store_true = False,    # skip FPD/KPD
-                 seed: int = 0):           # random seed
+                 seed: int = 0,            # random seed
+                 units: str = None,        # energy convention of the files (gen, and ref unless --ref-units): raw (active-layer energy) or calochallenge
+                 ref_units: str = None,    # energy convention of the reference file
+                 sampling_fraction: float = None):  # for raw files that do not record theirs (default 0.032, our Geant4 W/Si files)
     "Evaluate generated showers against a reference: metrics.json, figures and index.html in --out."
     kinds = () if cls.strip().lower() == 'none' else tuple(c.strip() for c in cls.split(',') if c.strip())
     for c in kinds:
@@ -470,9 +554,16 @@ def vml_evaluate(gen: str,                 # generated showers, HDF5 (CaloChalle
     if epochs < 1: raise VMLInputError("must be >= 1", field='--epochs')
     g = get_geometry(geometry)
     G = showers_from(gen, g, max_n); R = showers_from(ref, g, max_n)
+    gu = shower_units(G, units, sampling_fraction)
+    try: ru = shower_units(R, ref_units or units, sampling_fraction)
+    except VMLInputError as e:
+        if ref_units or not units: raise
+        raise VMLInputError(f"{e.message} (--units applies to both files; --ref-units sets the reference's)", file=e.file, field=e.field) from None
+    for w, u in (('gen', gu), ('ref', ru)):
+        print(f"{w}: {ENERGY_UNITS[u['units']]}" + (f" / {u['sampling_fraction']:g}" if u['units'] == 'raw' else '') + f" ({u['how']})")
     with Timer() as tm:
         m = evaluate(G, R, out, cls=kinds, cls_epochs=epochs, fpd_kpd=not no_fpd, plots=not no_plots, seed=seed,
-                     title=f"{Path(gen).name} vs {Path(ref).name if Path(ref).exists() else ref}")
+                     title=f"{Path(gen).name} vs {Path(ref).name if Path(ref).exists() else ref}", gen_units=gu, ref_units=ru)
     summ = {k: v for k, v in _flat_summary(m).items() if k.startswith(('n_', 'sep_mean', 'sep_E_ratio', 'sep_E_layer', 'sep_cell', 'cls', 'fpd', 'kpd'))}
     print(md_table([{'metric': k, 'value': v} for k, v in summ.items()]))
     print(f"wrote {Path(out)/'metrics.json'} and {Path(out)/'index.html'} in {tm.seconds:.1f} s")
@@ -483,12 +574,13 @@ def bench_eval(n: int = 10000, repeats: int = 3, seed: int = 0) -> list:
     g4 = load_g4('electrons', n=None if n > 2000 else 2000)
     rng = np.random.default_rng(seed)
     gen, ref = g4[np.sort(rng.integers(0, len(g4), n))], g4[np.sort(rng.integers(0, len(g4), n))]
-    gf, rf = high_level_features(gen), high_level_features(ref)
-    me = readout_threshold(rf)
-    res = [bench(lambda: (high_level_features(gen), high_level_features(ref)), items=2*n, name='high-level features (both samples)', warmup=0, repeats=repeats),
-           bench(lambda: separation_powers(gf, rf, 'ds2', me), items=2*n, name=f'separation powers ({len(histogram_set(rf, "ds2", me))} histograms)', warmup=0, repeats=repeats),
-           bench(lambda: separation_power(gen.showers, ref.showers, cell_spectrum_bins(ref, me)), items=2*n, name='cell spectrum (all cells)', warmup=0, repeats=repeats),
-           bench(lambda: (high_level_features(gen), high_level_features(ref), separation_powers(high_level_features(gen), rf, 'ds2', me)) and None,
+    u = shower_units(g4)
+    G, R = (apply_threshold(to_calochallenge(d, u)) for d in (gen, ref))
+    gf, rf = official_features(G), official_features(R)
+    res = [bench(lambda: (official_features(G), official_features(R)), items=2*n, name='high-level features (both samples)', warmup=0, repeats=repeats),
+           bench(lambda: separation_powers(gf, rf, 'ds2'), items=2*n, name=f'separation powers ({len(histogram_set(rf, "ds2"))} histograms)', warmup=0, repeats=repeats),
+           bench(lambda: separation_power(G.showers, R.showers, cell_spectrum_bins(R)), items=2*n, name='cell spectrum (all cells)', warmup=0, repeats=repeats),
+           bench(lambda: separation_powers(*(official_features(apply_threshold(to_calochallenge(d, u))) for d in (gen, ref)), 'ds2') and None,
                  items=2*n, name='histogram metrics, end to end', warmup=0, repeats=repeats)]
     hg, hr = hlf_matrix(gf), hlf_matrix(rf)
     res.append(bench(lambda: fpd(hr, hg, min(5000, n//2), min(20000, n), num_batches=5, num_points=5), items=2*n, name='FPD (5 x 5 bootstrap batches)', warmup=0, repeats=1))
