@@ -4,6 +4,7 @@ Modules:
 
 - `vallecorsa_ml.calo.diffusion`: CaloDiT-like generator: patch tokens over (z, φ, r), φ-periodic position embedding, adaLN conditioning on (log E, θ, φ, detector, noise level), EDM preconditioning and a deterministic Heun sampler; one model for several detectors.
 - `vallecorsa_ml.calo.gan`: A PyTorch/fastai take on CERN's 3DGAN (Khattak et al.): a conditional generator of calorimeter showers for the cylindrical CaloChallenge dataset-2 mesh (periodic in φ) and the Cartesian 25³ / 51×51×25 meshes, trained on CPU, checkpointed and resumable, exported to ONNX and judged against Geant4.
+- `vallecorsa_ml.calo.par04`: Export the shipped diffusion model as one graph that Geant4's Par04 example loads as it is (ONNX Runtime or TorchScript), emulate Par04's C++ call in Python, and measure it where Par04 runs it: one particle at a time.
 - `vallecorsa_ml.calo.pretrained`: The trained generators that come with the repository, loaded by name, each with a model card the pipeline writes: `load_pretrained('dit-ds2')`, `vml-generate --model dit-ds2`, `vml-model card dit-ds2`.
 - `vallecorsa_ml.calo.regression`: The diffusion transformer's trunk, with a small head, measures the incident energy and polar angle of a shower; fine-tuned from the generative training against the same network trained from scratch.
 - `vallecorsa_ml.datasets`: One way to find every dataset: the files shipped in `data/`, the cache folder for large and generated data, a user's own path, and public datasets by name; plus the fixed train / validation / held-out rows of each.
