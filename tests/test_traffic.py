@@ -128,3 +128,68 @@ def test_oracle_replays_the_future_and_bounds_the_forecasters():
     mo = scores(o['pred'], Y)['mse'] - o['mc_var']
     assert mo < 0.8 * scores(persistence(wd)[o['sel']], Y)['mse']
     assert mo < scores(predict_ridge(fit_ridge(wd), wd)[o['sel']], Y)['mse']
+
+
+# ---- transfer records -> link series (issue 23) ----
+from vallecorsa_ml.traffic.data import (ALL_COLUMNS, STATE_COLUMNS, simulate_transfers, link_series, load_records, save_records)
+
+@pytest.mark.parametrize('kw', [dict(), dict(substeps=3, capacity=2e9, max_active=20)])
+def test_link_series_reproduces_the_simulator(kw):
+    tab, rec, mk = simulate_transfers(days=1, seed=12, **kw)
+    if kw: assert (tab[[c for c in STATE_COLUMNS if c.startswith('queued_bytes')]].to_numpy() > 0).any()    # a queue to count
+    agg = link_series(rec, markers=mk, start=tab.index[0], end=tab.index[-1] + pd.Timedelta(seconds=STEP_S), traffic=tab)
+    assert list(agg.columns) == list(ALL_COLUMNS) and (agg.index == tab.index).all()
+    for c in ALL_COLUMNS:
+        np.testing.assert_allclose(agg[c].to_numpy(), tab[c].to_numpy(), rtol=1e-9, atol=1e-9 * tab[c].abs().max(), err_msg=c)
+
+def test_link_series_three_transfers_by_hand():
+    T = lambda m, s=0: pd.Timestamp('2024-03-01 10:00', tz='UTC') + pd.Timedelta(minutes=m, seconds=s)
+    # X: 1200 B, submitted 10:00, runs 10:01-10:05 (300 B/min); Y: 800 B, submitted 10:00:30, runs 10:03-10:07 (200 B/min);
+    # Z: 2000 B, submitted 10:02, starts 10:06, still running at the end (no markers: moved unknown -> 0)
+    rec = pd.DataFrame({'file_id': [7, 8, 9], 'source': ['CERN-PROD'] * 3, 'destination': ['TRIUMF-LCG2'] * 3,
+                        'size_bytes': [1200., 800., 2000.], 'submit_time': [T(0), T(0, 30), T(2)],
+                        'start_time': [T(1), T(3), T(6)], 'finish_time': [T(5), T(7), pd.NaT], 'final_state': ['FINISHED', 'FINISHED', 'ACTIVE']})
+    ls = link_series(rec, start=T(0), end=T(8))
+    # step ends 10:02, 10:04, 10:06, 10:08
+    # 10:02: X active (moved 300, left 900); Y queued (800); Z submitted exactly at 10:02 -> not yet queued
+    # 10:04: X (900 moved, 300 left), Y (200 moved, 600 left) active; Z queued (2000)
+    # 10:06: Y (600 moved, 200 left) active; Z starts exactly at 10:06 -> still queued; X done
+    # 10:08: Z active, nothing moved known -> 2000 left
+    assert ls['active_transfers_out'].tolist() == [1, 2, 1, 1]
+    assert ls['remaining_bytes_out'].tolist() == pytest.approx([900, 900, 200, 2000])
+    assert ls['active_file_size_out'].tolist() == pytest.approx([1200, 1000, 800, 2000])
+    assert ls['queued_out'].tolist() == [1, 1, 1, 0] and ls['queued_bytes_out'].tolist() == pytest.approx([800, 2000, 2000, 0])
+    # moved: 300 | 900+200-300 = 800 | 1200+600-1100 = 700 | 1200+800-1800 = 200
+    assert (ls['throughput_out'] * 120 / 8).tolist() == pytest.approx([300, 800, 700, 200])
+    assert ls['traffic_in'].sum() == 0 and ls.attrs['dropped'] == {'other_link': 0}
+
+@pytest.fixture(scope='module')
+def recs(tmp_path_factory):
+    tab, rec, mk = simulate_transfers(days=0.2, seed=13)
+    d = tmp_path_factory.mktemp('rec')
+    return rec, mk, save_records(rec, d/'rec.csv'), save_records(mk, d/'mk.csv')
+
+def _edit(rec, col, i, v):
+    r = rec.copy(); r[col] = r[col].astype(object); r.loc[i, col] = v; return r
+
+@pytest.mark.parametrize('name,edit,msg', [
+    ('missing', lambda r: r.drop(columns=['finish_time']), "'finish_time': missing column"),
+    ('unparsable', lambda r: _edit(r, 'submit_time', 2, '31/02/2024 25:00'), "'submit_time': unparsable time"),
+    ('nonmonotonic', lambda r: r.iloc[::-1], "'submit_time': submit times not sorted"),
+    ('negative', lambda r: _edit(r, 'size_bytes', 1, -10), "'size_bytes': negative size in row 1"),
+    ('finish_before_start', lambda r: _edit(r, 'finish_time', 0, str(pd.Timestamp(r.start_time[0]) - pd.Timedelta('1min'))), "'finish_time': finish before start in row 0"),
+])
+def test_load_records_rejects(tmp_path, recs, name, edit, msg):
+    rec = recs[0]; assert rec.final_state[0] == 'FINISHED'
+    p = tmp_path/f'{name}.csv'; edit(rec).to_csv(p, index=False)
+    with pytest.raises(ValueError, match=msg) as e: load_records(p)
+    assert '\n' not in str(e.value) and str(p) in str(e.value)
+
+def test_load_records_counts_what_it_drops(tmp_path, recs):
+    rec, mk, pr, pm = recs
+    extra = pd.concat([mk, pd.DataFrame({'file_id': [-5, -6], 'time': [mk.time.iloc[0]] * 2, 'bytes_moved': [1., 2.]})])
+    p = save_records(extra, tmp_path/'mk.csv')
+    r, m = load_records(pr, markers=p)
+    assert r.attrs['dropped'] == {'markers_of_unknown_files': 2} and len(m) == len(mk)
+    r.loc[r.index[:3], 'final_state'] = 'FAILED'
+    assert link_series(r, markers=m).attrs['dropped'] == {'markers_of_unknown_files': 2, 'failed_or_canceled': 3, 'other_link': 0}

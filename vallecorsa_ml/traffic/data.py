@@ -16,15 +16,19 @@ import numba
 from ..core import VMLInputError, atomic_write, seed_everything
 
 # %% auto #0
-__all__ = ['STEP_S', 'METRICS', 'DIRECTIONS', 'COLUMNS', 'TIME_COL', 'LOG_METRICS', 'utilisation', 'waterfill', 'DirectionConfig',
-           'LinkConfig', 'simulate_link', 'oracle_paths', 'load_traffic', 'save_traffic', 'make_windows',
-           'chrono_split', 'Scaler', 'calendar_features']
+__all__ = ['STEP_S', 'METRICS', 'STATE_METRICS', 'DIRECTIONS', 'COLUMNS', 'STATE_COLUMNS', 'ALL_COLUMNS', 'TIME_COL', 'SITES',
+           'RECORD_COLUMNS', 'MARKER_COLUMNS', 'STATES', 'LOG_METRICS', 'utilisation', 'waterfill', 'DirectionConfig',
+           'LinkConfig', 'simulate_link', 'oracle_paths', 'load_traffic', 'save_traffic', 'simulate_transfers',
+           'link_series', 'load_records', 'save_records', 'make_windows', 'chrono_split', 'Scaler', 'calendar_features']
 
 # %% ../../nbs/30_traffic.data.ipynb #c75e4413
 STEP_S = 120
 METRICS = ('traffic', 'throughput', 'active_file_size', 'active_transfers', 'queued')
+STATE_METRICS = ('remaining_bytes', 'queued_bytes')
 DIRECTIONS = ('out', 'in')
 COLUMNS = tuple(f'{m}_{d}' for d in DIRECTIONS for m in METRICS)
+STATE_COLUMNS = tuple(f'{m}_{d}' for d in DIRECTIONS for m in STATE_METRICS)
+ALL_COLUMNS = COLUMNS + STATE_COLUMNS
 TIME_COL = 'timestamp'
 
 def utilisation(df: pd.DataFrame, capacity: float | None = None, step_s: float | None = None) -> pd.DataFrame:
@@ -141,18 +145,24 @@ def _ar1(e, phi):
     return y
 
 @numba.njit(cache=_NB_CACHE)
-def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na, head, snap):
+def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na, head, snap, rec):
     """FIFO queue + concurrency limit + max-min fair sharing of `C - background`, one sub-step at a time.
     Starts from the state `act`/`rem` (ids and remaining bits of the `na` running files), `head` (next file to
-    start); records that state at the end of the steps listed (sorted) in `snap`."""
+    start); records that state at the end of the steps listed (sorted) in `snap`. With `rec`, also each file's
+    start and finish sub-step and, at the end of every step, the bits each active file has moved (markers)."""
     n_sub = arrived.size; n_steps = n_sub // S
     fts = np.zeros(n_sub); act_n = np.zeros(n_steps); act_size = np.zeros(n_steps); queued = np.zeros(n_steps)
+    rem_b = np.zeros(n_steps); q_b = np.zeros(n_steps)
+    n_rec = sizes.size if rec else 0; n_mk = n_steps * max_active if rec else 0
+    start_k = np.full(n_rec, -1, np.int64); fin_k = np.full(n_rec, -1, np.int64)
+    mk_id = np.empty(n_mk, np.int64); mk_q = np.empty(n_mk, np.int64); mk_b = np.empty(n_mk); nm = 0
     caps = np.empty(max_active); x = np.empty(max_active)
     s_act = np.zeros((snap.size, max_active), np.int64); s_rem = np.zeros((snap.size, max_active))
     s_na = np.zeros(snap.size, np.int64); s_head = np.zeros(snap.size, np.int64); si = 0
     done_bits = 0.; n_done = 0
     for k in range(n_sub):
         while na < max_active and head < arrived[k]:
+            if rec: start_k[head] = k
             act[na] = head; rem[na] = sizes[head]; na += 1; head += 1
         if na > 0:
             for i in range(na): caps[i] = min(limits[act[i]] * dt, rem[i])
@@ -162,6 +172,7 @@ def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na
                 s += x[i]; r = rem[i] - x[i]
                 if r <= 0.:
                     done_bits += sizes[act[i]]; n_done += 1
+                    if rec: fin_k[act[i]] = k
                 else:
                     act[j] = act[i]; rem[j] = r; j += 1
             na = j; fts[k] = s
@@ -169,14 +180,21 @@ def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na
             q = k // S
             act_n[q] = na; queued[q] = arrived[k] - head
             if na > 0:
-                m = 0.
-                for i in range(na): m += sizes[act[i]]
-                act_size[q] = m / na / 8.
+                m = 0.; rb = 0.
+                for i in range(na): m += sizes[act[i]]; rb += rem[i]
+                act_size[q] = m / na / 8.; rem_b[q] = rb / 8.
+            qb = 0.
+            for j in range(head, arrived[k]): qb += sizes[j]
+            q_b[q] = qb / 8.
+            if rec:
+                for i in range(na):
+                    mk_id[nm] = act[i]; mk_q[nm] = q; mk_b[nm] = (sizes[act[i]] - rem[i]) / 8.; nm += 1
             while si < snap.size and snap[si] == q:
                 s_act[si, :na] = act[:na]; s_rem[si, :na] = rem[:na]; s_na[si] = na; s_head[si] = head; si += 1
     inflight = 0.
     for i in range(na): inflight += sizes[act[i]] - rem[i]
-    return fts, act_n, act_size, queued, (done_bits, n_done, inflight, head), (s_act, s_rem, s_na, s_head)
+    return (fts, act_n, act_size, queued, rem_b, q_b, (done_bits, n_done, inflight, head), (s_act, s_rem, s_na, s_head),
+            (start_k, fin_k, mk_id[:nm], mk_q[:nm], mk_b[:nm]))
 
 def _draw_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start) -> dict:
     "All random inputs of one direction: arrival rate and counts, file sizes and rate limits, background."
@@ -196,27 +214,31 @@ def _draw_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start) 
 
 def _bg(bg_det, bg_ar, C): return np.clip(bg_det + bg_ar, 0., 0.6) * C     # bits/s per sample
 
-def _columns(fts, act_n, act_size, queued, bg, cfg):
+def _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg):
     fts_step = fts.reshape(-1, cfg.substeps).sum(1)
     return {'traffic': bg * cfg.step_s + fts_step, 'throughput': fts_step / cfg.step_s,
-            'active_file_size': act_size, 'active_transfers': act_n, 'queued': queued}
+            'active_file_size': act_size, 'active_transfers': act_n, 'queued': queued,
+            'remaining_bytes': rem_b, 'queued_bytes': q_b}
 
-def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start, snap=None):
+def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start, snap=None, rec=False):
     S = cfg.substeps; dt = cfg.step_s / S; C = cfg.capacity
     r = _draw_direction(rng, n_steps, cfg, d, t_start)
     bg = _bg(r['bg_det'], r['bg_ar'], C)
     snap = np.zeros(0, np.int64) if snap is None else np.asarray(snap, np.int64)
-    fts, act_n, act_size, queued, L, state = _fts_loop(r['arrived'], r['sizes'], r['limits'], np.repeat(bg, S), float(C),
-                                                        float(dt), S, cfg.max_active, np.empty(cfg.max_active, np.int64),
-                                                        np.empty(cfg.max_active), 0, 0, snap)
-    cols = _columns(fts, act_n, act_size, queued, bg, cfg)
+    fts, act_n, act_size, queued, rem_b, q_b, L, state, recs = _fts_loop(
+        r['arrived'], r['sizes'], r['limits'], np.repeat(bg, S), float(C), float(dt), S, cfg.max_active,
+        np.empty(cfg.max_active, np.int64), np.empty(cfg.max_active), 0, 0, snap, rec)
+    cols = _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg)
     ledger = dict(fts_bits=float(fts.sum()), completed_bits=float(L[0]), completed_files=int(L[1]),
                   inflight_moved_bits=float(L[2]), submitted_files=int(r['sizes'].size), started_files=int(L[3]),
                   background_bits=float(bg.sum() * cfg.step_s))
-    return cols, ledger, r, state
+    return cols, ledger, r, state, recs
 
 def simulate_link(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None, **kw) -> pd.DataFrame:
-    "Simulate `days` of an FTS-loaded link, sampled every `cfg.step_s`; returns the export table (`COLUMNS`)."
+    "Simulate `days` of an FTS-loaded link, sampled every `cfg.step_s`; returns the export table (`ALL_COLUMNS`)."
+    return _simulate(days, seed, cfg, kw, rec=False)[0]
+
+def _simulate(days, seed, cfg, kw, rec):
     cfg = replace(cfg or LinkConfig(), **kw)
     if days <= 0: raise VMLInputError(f"days must be > 0, got {days}", field='days')
     if cfg.capacity <= 0: raise VMLInputError("capacity must be > 0 bits/s", field='capacity')
@@ -224,20 +246,21 @@ def simulate_link(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None
     rng = seed_everything(seed)
     n_steps = int(round(days * 86400 / cfg.step_s))
     t_start = pd.Timestamp(cfg.start, tz='UTC')
-    data, ledger = {}, {}
+    data, ledger, raw = {}, {}, {}
     for dname, d in zip(DIRECTIONS, (cfg.out, cfg.inn)):
-        cols, ledger[dname], _, _ = _simulate_direction(rng, n_steps, cfg, d, t_start)
-        data.update({f'{m}_{dname}': cols[m] for m in METRICS})
+        cols, ledger[dname], r, _, raw[dname] = _simulate_direction(rng, n_steps, cfg, d, t_start, rec=rec)
+        data.update({f'{m}_{dname}': cols[m] for m in METRICS + STATE_METRICS})
+        if rec: raw[dname] = (r['arrived'], r['sizes'], *raw[dname])
     idx = pd.date_range(t_start, periods=n_steps, freq=pd.Timedelta(seconds=cfg.step_s), name=TIME_COL)
-    df = pd.DataFrame({c: data[c] for c in COLUMNS}, index=idx)
+    df = pd.DataFrame({c: data[c] for c in ALL_COLUMNS}, index=idx)
     df.attrs.update(capacity=cfg.capacity, step_s=cfg.step_s, source='simulate_link', seed=seed, ledger=ledger)
-    return df
+    return df, raw, cfg, t_start
 
 # %% ../../nbs/30_traffic.data.ipynb #38525127
 def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon: int = 5, n_paths: int = 32,
                  cfg: LinkConfig | None = None, replay: bool = False, path_seed: int = 1, max_queue: int = 5000,
                  **kw) -> np.ndarray:
-    "Continuations of `simulate_link(days, seed, cfg, **kw)` after each step in `steps` (sorted): (len(steps), n_paths, horizon, len(COLUMNS))."
+    "Continuations of `simulate_link(days, seed, cfg, **kw)` after each step in `steps` (sorted): (len(steps), n_paths, horizon, len(ALL_COLUMNS))."
     cfg = replace(cfg or LinkConfig(), **kw)
     rng = seed_everything(seed)
     n_steps = int(round(days * 86400 / cfg.step_s))
@@ -249,16 +272,17 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
     e_sd = cfg.bg_sd * math.sqrt(1 - phi**2)
     prng = np.random.default_rng(path_seed)
     n_p = 1 if replay else n_paths
-    out = np.zeros((steps.size, n_p, horizon, len(COLUMNS)))
+    out = np.zeros((steps.size, n_p, horizon, len(ALL_COLUMNS)))
     no_snap = np.zeros(0, np.int64)
     for dname, d in zip(DIRECTIONS, (cfg.out, cfg.inn)):
-        _, _, r, (s_act, s_rem, s_na, s_head) = _simulate_direction(rng, n_steps, cfg, d, t_start, snap=steps)
-        c0 = COLUMNS.index(f'{METRICS[0]}_{dname}')
+        _, _, r, (s_act, s_rem, s_na, s_head), _ = _simulate_direction(rng, n_steps, cfg, d, t_start, snap=steps)
+        cj = [ALL_COLUMNS.index(f'{m}_{dname}') for m in METRICS + STATE_METRICS]
         for i, t in enumerate(steps):
             na, head = int(s_na[i]), int(s_head[i])
             k0 = (t + 1) * S; A = int(r['arrived'][k0 - 1])          # files arrived by the end of step t
             q_ids = np.arange(head, min(A, head + max_queue))        # the head of the queue: all that can start soon
             ids = np.r_[s_act[i, :na], q_ids]
+            cut_b = r['sizes'][head + q_ids.size:A].sum() / 8.              # bytes of the queue beyond the cut
             kn_sz, kn_lim = r['sizes'][ids], r['limits'][ids]
             fut = slice(t + 1, t + 1 + horizon)
             for p in range(n_p):
@@ -274,12 +298,12 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
                 bg = _bg(r['bg_det'][fut], ar, C)
                 act = np.zeros(cfg.max_active, np.int64); act[:na] = np.arange(na)
                 rem = np.zeros(cfg.max_active); rem[:na] = s_rem[i, :na]
-                fts, act_n, act_size, queued, L, _ = _fts_loop(na + q_ids.size + np.cumsum(n_new), np.r_[kn_sz, new_sz],
-                                                               np.r_[kn_lim, new_lim], np.repeat(bg, S), C, float(dt), S,
-                                                               cfg.max_active, act, rem, na, na, no_snap)
+                fts, act_n, act_size, queued, rem_b, q_b, L, _, _ = _fts_loop(
+                    na + q_ids.size + np.cumsum(n_new), np.r_[kn_sz, new_sz], np.r_[kn_lim, new_lim], np.repeat(bg, S), C,
+                    float(dt), S, cfg.max_active, act, rem, na, na, no_snap, False)
                 if q_ids.size < A - head and L[3] > na + q_ids.size: raise RuntimeError("raise max_queue: the queue cut started")
-                cols = _columns(fts, act_n, act_size, queued + (A - head - q_ids.size), bg, cfg)
-                out[i, p, :, c0:c0 + len(METRICS)] = np.stack([cols[m] for m in METRICS], 1)
+                cols = _columns(fts, act_n, act_size, queued + (A - head - q_ids.size), rem_b, q_b + cut_b, bg, cfg)
+                out[i, p][:, cj] = np.stack([cols[m] for m in METRICS + STATE_METRICS], 1)
     return out
 
 # %% ../../nbs/30_traffic.data.ipynb #c95d6e68
@@ -288,7 +312,7 @@ def _fail(msg, path, col=None): raise VMLInputError(msg, file=path, field=col)
 def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_col: str = TIME_COL,
                  rename: dict | None = None, step_s: int = STEP_S, sort: bool = False, resample: bool = False,
                  max_gap: int = 5) -> pd.DataFrame:
-    "Read a CSV/Parquet link export into the `COLUMNS` table, indexed by UTC `timestamp` (strict; see above)."
+    "Read a CSV/Parquet link export into the `ALL_COLUMNS` table, indexed by UTC `timestamp` (strict; see above)."
     path = Path(path)
     if not path.exists(): _fail("file not found", path)
     suf = path.suffix.lower()
@@ -300,8 +324,8 @@ def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_co
     except Exception as e: _fail(f"cannot read file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", path)
     if rename: raw = raw.rename(columns=rename)
     if time_col not in raw: _fail(f"no timestamp column (columns: {', '.join(map(str, raw.columns))})", path, time_col)
-    unknown = [c for c in raw.columns if c != time_col and c not in COLUMNS]
-    if unknown: _fail(f"unknown column (known: {', '.join(COLUMNS)}; map names with rename=)", path, unknown[0])
+    unknown = [c for c in raw.columns if c != time_col and c not in ALL_COLUMNS]
+    if unknown: _fail(f"unknown column (known: {', '.join(ALL_COLUMNS)}; map names with rename=)", path, unknown[0])
     if not any(c.startswith('traffic_') for c in raw.columns): _fail("no traffic column in the file", path, 'traffic_out')
     if len(raw) < 2: _fail("fewer than 2 rows", path)
     ts = pd.to_datetime(raw[time_col], utc=True, errors='coerce')
@@ -341,7 +365,7 @@ def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_co
             _fail(f"gap after {df.index[i]} (next sample {df.index[i+1]}); pass resample=True to fill short gaps", path, time_col)
         nan = df.isna().any()
         if nan.any(): c = nan.index[nan.values][0]; _fail(f"NaN in row {int(np.argmax(df[c].isna().values))}; pass resample=True to interpolate", path, c)
-    df = df[[c for c in COLUMNS if c in df]]
+    df = df[[c for c in ALL_COLUMNS if c in df]]
     if capacity is not None and capacity <= 0: _fail("capacity must be > 0 bits/s", path, 'capacity')
     df.attrs.update(capacity=capacity, step_s=step_s, source=str(path))
     return df
@@ -353,6 +377,212 @@ def save_traffic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     with atomic_write(path) as tmp:
         if path.suffix.lower() in ('.parquet', '.pq'): out.to_parquet(tmp, index=False)
         else: out.to_csv(tmp, index=False)
+    return path
+
+# %% ../../nbs/30_traffic.data.ipynb #a1c0de02
+SITES = ('CERN-PROD', 'TRIUMF-LCG2')     # the link's two ends: 'out' is first -> second, 'in' the reverse
+RECORD_COLUMNS = ('file_id', 'job_id', 'source', 'destination', 'size_bytes', 'submit_time', 'start_time', 'finish_time', 'final_state')
+MARKER_COLUMNS = ('file_id', 'time', 'bytes_moved')
+STATES = ('FINISHED', 'ACTIVE', 'SUBMITTED', 'FAILED', 'CANCELED')
+
+def _ts(t_start, ns): return pd.to_datetime(t_start.value + ns, utc=True)
+
+def simulate_transfers(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None, **kw):
+    "`simulate_link` and what FTS logs of it: `(table, records, markers)` (columns `RECORD_COLUMNS`, `MARKER_COLUMNS`)."
+    df, raw, cfg, t_start = _simulate(days, seed, cfg, kw, rec=True)
+    dt_ns = cfg.step_s / cfg.substeps * 1e9; n_sub = len(df) * cfg.substeps
+    recs, mks, off = [], [], 0
+    for (dname, (arrived, sizes, start_k, fin_k, mk_id, mk_q, mk_b)), (src, dst) in zip(raw.items(), (SITES, SITES[::-1])):
+        n = sizes.size
+        sub_k = np.searchsorted(arrived, np.arange(n), side='right')          # the sub-step in which file i arrived
+        t = lambda k: _ts(t_start, np.round(k * dt_ns).astype(np.int64))
+        state = np.where(fin_k >= 0, 'FINISHED', np.where(start_k >= 0, 'ACTIVE', 'SUBMITTED'))
+        recs.append(pd.DataFrame({'file_id': off + np.arange(n), 'job_id': (0 if dname == 'out' else n_sub) + sub_k,
+                                  'source': src, 'destination': dst, 'size_bytes': sizes / 8.,
+                                  'submit_time': t(sub_k), 'start_time': t(start_k).where(start_k >= 0),
+                                  'finish_time': t(fin_k + 1).where(fin_k >= 0), 'final_state': state}))
+        mks.append(pd.DataFrame({'file_id': off + mk_id, 'time': _ts(t_start, (mk_q + 1) * int(cfg.step_s * 1e9)),
+                                 'bytes_moved': mk_b}))
+        off += n
+    records = pd.concat(recs, ignore_index=True).sort_values('submit_time', kind='stable', ignore_index=True)
+    markers = pd.concat(mks, ignore_index=True).sort_values(['file_id', 'time'], ignore_index=True)
+    for c in ('source', 'destination', 'final_state'): records[c] = records[c].astype('category')
+    return df, records, markers
+
+# %% ../../nbs/30_traffic.data.ipynb #a1c0de05
+@numba.njit(cache=_NB_CACHE)
+def _moved_at(ptr, kt, kb, qf, qt, out):
+    "Bytes moved by file `qf[i]` at time `qt[i]`: linear interpolation through its knots `kt/kb[ptr[f]:ptr[f+1]]` (sorted)."
+    for i in range(qf.size):
+        a, b = ptr[qf[i]], ptr[qf[i] + 1]; t = qt[i]
+        if b == a: out[i] = 0.; continue
+        lo, hi = a, b                       # first knot with time > t
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if kt[mid] <= t: lo = mid + 1
+            else: hi = mid
+        if lo == a: out[i] = kb[a]
+        elif lo == b: out[i] = kb[b - 1]
+        else:
+            j = lo - 1
+            out[i] = kb[j] + (kb[lo] - kb[j]) * ((t - kt[j]) / (kt[lo] - kt[j]))
+
+def _utc(x) -> pd.Timestamp:
+    "A time as a UTC timestamp (times without a zone are UTC)."
+    t = pd.Timestamp(x)
+    return t.tz_localize('UTC') if t.tz is None else t.tz_convert('UTC')
+
+def _ns(s: pd.Series) -> np.ndarray:
+    "UTC times as int64 ns; missing times -> int64 max (never)."
+    v = s.to_numpy(dtype='datetime64[ns]').astype(np.int64)
+    return np.where(s.isna().to_numpy(), np.iinfo(np.int64).max, v)
+
+def _direction_series(r, markers, g0, step, n):
+    "Per-step columns of one direction's records `r` on the grid `g0 + j*step`, j = 0..n."
+    sub, sta, fin = _ns(r['submit_time']), _ns(r['start_time']), _ns(r['finish_time'])
+    size = r['size_bytes'].to_numpy(float); NEV = np.iinfo(np.int64).max
+    G = g0 + np.arange(n + 1, dtype=np.int64) * step                       # sample times (ends of steps -1 .. n-1)
+    # queue: submitted before G and not started before G (counts and bytes by cumulative sums)
+    cum = lambda t: (np.searchsorted(np.sort(t), G, 'left'), np.r_[0., np.cumsum(size[np.argsort(t, kind='stable')])])
+    (ns_, cs_), (nt_, ct_) = cum(sub), cum(sta)
+    queued, queued_b = ns_ - nt_, cs_[ns_] - ct_[nt_]
+    # active (start < G < finish): the (file, sample) pairs
+    ok, fok = sta != NEV, fin != NEV
+    lo = (np.floor_divide(np.where(ok, sta, g0) - g0, step) + 1).clip(0)                 # first j with G_j > start
+    hi = np.where(fok, -np.floor_divide(-(np.where(fok, fin, g0) - g0), step) - 1, n).clip(max=n)   # last j with G_j < finish
+    cnt = np.where(ok, hi - lo + 1, 0).clip(0)
+    pf = np.repeat(np.arange(len(r)), cnt)
+    pj = np.repeat(lo, cnt) + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    # bytes moved at each pair: markers (and 0 at the start, the size at the finish) interpolated linearly
+    idx = pd.Index(r['file_id'].to_numpy())
+    kf = [np.flatnonzero(ok), np.flatnonzero(fin != NEV)]; kt = [sta[ok], fin[fin != NEV]]; kb = [np.zeros(ok.sum()), size[fin != NEV]]
+    if markers is not None and len(markers):
+        m = markers[markers['file_id'].isin(idx)]
+        kf.append(idx.get_indexer(m['file_id'])); kt.append(_ns(m['time'])); kb.append(m['bytes_moved'].to_numpy(float))
+    kf, kt, kb = np.concatenate(kf), np.concatenate(kt), np.concatenate(kb)
+    o = np.lexsort((kt, kf)); kf, kt, kb = kf[o], kt[o], kb[o]
+    ptr = np.searchsorted(kf, np.arange(len(r) + 1))
+    moved = np.empty(pf.size); _moved_at(ptr, kt, kb, pf, G[pj], moved)
+    active = np.bincount(pj, minlength=n + 1).astype(float)
+    act_size = np.bincount(pj, size[pf], minlength=n + 1)
+    remaining = np.bincount(pj, size[pf] - moved, minlength=n + 1)
+    # bytes moved by all files up to G: finished ones in full, active ones as far as they got
+    done = np.searchsorted(np.sort(fin), G, 'right')
+    total = np.r_[0., np.cumsum(size[np.argsort(fin, kind='stable')])][done] + np.bincount(pj, moved, minlength=n + 1)
+    fts_bits = np.diff(total) * 8.
+    s = slice(1, None)
+    return {'traffic': fts_bits, 'throughput': fts_bits / (step / 1e9),
+            'active_file_size': np.divide(act_size[s], active[s], out=np.zeros(n), where=active[s] > 0),
+            'active_transfers': active[s], 'queued': queued[s].astype(float), 'remaining_bytes': remaining[s],
+            'queued_bytes': queued_b[s]}
+
+def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame | None = None, start=None, end=None,
+                sites: Sequence[str] = SITES, traffic: pd.DataFrame | None = None) -> pd.DataFrame:
+    "Aggregate transfer records (and markers) into the link table (`ALL_COLUMNS`), one row per `step` from `start` to `end`."
+    miss = [c for c in RECORD_COLUMNS if c not in records and c not in ('job_id', 'final_state')]
+    if miss: raise VMLInputError(f"records lack column(s) {', '.join(miss)}", field=miss[0])
+    step_ns = pd.Timedelta(step).value
+    if step_ns <= 0: raise VMLInputError(f"step must be positive, got {step!r}", field='step')
+    dropped = dict(records.attrs.get('dropped', {}))
+    if 'final_state' in records:                      # failed/canceled transfers: their partial bytes are unknown
+        bad = records['final_state'].astype(str).isin(['FAILED', 'CANCELED']).to_numpy()
+        if bad.any(): dropped['failed_or_canceled'] = int(bad.sum()); records = records[~bad]
+    if not len(records): raise VMLInputError("no transfer records", field='file_id')
+    ts = [records[c].dropna() for c in ('submit_time', 'start_time', 'finish_time')]
+    t0 = _utc(start) if start is not None else min(t.min() for t in ts if len(t)).floor(step)
+    t1 = _utc(end) if end is not None else max(t.max() for t in ts if len(t)).ceil(step)
+    n = int((t1 - t0).value // step_ns)
+    if n < 1: raise VMLInputError(f"no whole step between {t0} and {t1}", field='end')
+    ends = (records['source'].astype(str), records['destination'].astype(str))
+    keep = np.zeros(len(records), bool); cols = {}
+    for d, (a, b) in zip(DIRECTIONS, (sites, tuple(sites)[::-1])):
+        sel = ((ends[0] == a) & (ends[1] == b)).to_numpy(); keep |= sel
+        for m, v in _direction_series(records[sel], markers, t0.value, step_ns, n).items(): cols[f'{m}_{d}'] = v
+    idx = pd.date_range(t0, periods=n, freq=pd.Timedelta(step_ns, 'ns'), name=TIME_COL)
+    df = pd.DataFrame({c: cols[c] for c in ALL_COLUMNS}, index=idx)
+    fts_only = traffic is None
+    if not fts_only:
+        tr = traffic.reindex(idx)
+        for d in DIRECTIONS:
+            c = f'traffic_{d}'
+            if c not in tr or tr[c].isna().any(): raise VMLInputError(f"link counters do not cover every step of the records", field=c)
+            df[c] = tr[c].to_numpy(float)
+    df.attrs.update(step_s=step_ns / 1e9, source='link_series', traffic='fts only' if fts_only else 'link counters',
+                    dropped={**dropped, 'other_link': int((~keep).sum())})
+    return df
+
+# %% ../../nbs/30_traffic.data.ipynb #a1c0de0b
+def _read_table(path: Path):
+    if not path.exists(): _fail("file not found", path)
+    suf = path.suffix.lower()
+    try:
+        if suf in ('.csv', '.txt', '.gz'): return pd.read_csv(path)
+        if suf in ('.parquet', '.pq'): return pd.read_parquet(path)
+    except Exception as e: _fail(f"cannot read file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", path)
+    _fail(f"unknown file type {suf!r} (expected .csv or .parquet)", path)
+
+def _times(raw, col, path, required=True):
+    "UTC times of column `col` (strings without a zone are UTC); empty cells allowed unless `required`."
+    v = raw[col]; empty = v.isna() | (v.astype(str).str.strip() == '')
+    t = pd.to_datetime(v.where(~empty), utc=True, errors='coerce', format='mixed')
+    bad = t.isna() & (~empty | required)
+    if bad.any(): i = int(np.argmax(bad.to_numpy())); _fail(f"unparsable time {v.iloc[i]!r} in row {i}", path, col)
+    return t
+
+def _row_err(mask, path, col, what):
+    if mask.any(): i = int(np.argmax(np.asarray(mask))); _fail(f"{what} in row {i}", path, col)
+
+def load_records(path: str | os.PathLike, markers: str | os.PathLike | None = None, sort: bool = False):
+    "Read FTS transfer records (and optionally their markers) from CSV/Parquet: `(records, markers or None)`, strict."
+    path = Path(path); raw = _read_table(path)
+    miss = [c for c in RECORD_COLUMNS if c not in raw and c != 'job_id']
+    if miss: _fail(f"missing column(s) {', '.join(miss)} (need {', '.join(RECORD_COLUMNS)})", path, miss[0])
+    if not len(raw): _fail("no records", path)
+    size = pd.to_numeric(raw['size_bytes'], errors='coerce')
+    _row_err(size.isna(), path, 'size_bytes', f"missing or non-numeric size")
+    _row_err(size < 0, path, 'size_bytes', "negative size")
+    sub, sta, fin = _times(raw, 'submit_time', path), _times(raw, 'start_time', path, False), _times(raw, 'finish_time', path, False)
+    st = raw['final_state'].astype(str).str.upper()
+    _row_err(~st.isin(STATES), path, 'final_state', f"unknown state (known: {', '.join(STATES)})")
+    _row_err(sta < sub, path, 'start_time', "start before submit")
+    _row_err(fin < sta, path, 'finish_time', "finish before start")
+    _row_err(fin.notna() & sta.isna(), path, 'finish_time', "finish without start")
+    _row_err((st == 'FINISHED') & fin.isna(), path, 'finish_time', "FINISHED without finish time")
+    _row_err(st.isin(['ACTIVE', 'SUBMITTED']) & fin.notna(), path, 'finish_time', "unfinished state with a finish time")
+    _row_err((st == 'ACTIVE') & sta.isna(), path, 'start_time', "ACTIVE without start time")
+    _row_err(raw['file_id'].duplicated(), path, 'file_id', "duplicate file_id")
+    if not sub.is_monotonic_increasing:
+        if not sort: i = int(np.argmax(np.diff(_ns(sub)) < 0)) + 1; _fail(f"submit times not sorted (row {i}: {sub.iloc[i]} after {sub.iloc[i-1]}); pass sort=True to sort", path, 'submit_time')
+    rec = pd.DataFrame({'file_id': raw['file_id'], 'job_id': raw['job_id'] if 'job_id' in raw else -1,
+                        'source': raw['source'].astype(str), 'destination': raw['destination'].astype(str),
+                        'size_bytes': size.astype(float), 'submit_time': sub, 'start_time': sta, 'finish_time': fin, 'final_state': st})
+    if sort: rec = rec.sort_values('submit_time', kind='stable', ignore_index=True)
+    rec.attrs.update(source=str(path), dropped={})
+    if markers is None: return rec, None
+    mp = Path(markers); m = _read_table(mp)
+    miss = [c for c in MARKER_COLUMNS if c not in m]
+    if miss: _fail(f"missing column(s) {', '.join(miss)} (need {', '.join(MARKER_COLUMNS)})", mp, miss[0])
+    mt = _times(m, 'time', mp); b = pd.to_numeric(m['bytes_moved'], errors='coerce')
+    _row_err(b.isna(), mp, 'bytes_moved', "missing or non-numeric bytes"); _row_err(b < 0, mp, 'bytes_moved', "negative bytes")
+    mk = pd.DataFrame({'file_id': m['file_id'], 'time': mt, 'bytes_moved': b.astype(float)})
+    known = mk['file_id'].isin(rec['file_id'])
+    if not known.all(): rec.attrs['dropped']['markers_of_unknown_files'] = int((~known).sum()); mk = mk[known]
+    mk = mk.sort_values(['file_id', 'time'], kind='stable', ignore_index=True) if sort else mk.reset_index(drop=True)
+    same = (mk['file_id'].to_numpy()[1:] == mk['file_id'].to_numpy()[:-1])
+    _row_err(same & (np.diff(_ns(mk['time'])) <= 0), mp, 'time', "marker times not increasing for a file (pass sort=True to sort)")
+    _row_err(same & (np.diff(mk['bytes_moved'].to_numpy()) < 0), mp, 'bytes_moved', "bytes moved decreasing")
+    r = rec.set_index('file_id').loc[mk['file_id']]
+    _row_err((mk['bytes_moved'].to_numpy() > r['size_bytes'].to_numpy() * (1 + 1e-9)), mp, 'bytes_moved', "more bytes moved than the file's size")
+    mt, rs, rf = _ns(mk['time']), _ns(r['start_time']), _ns(r['finish_time'])     # never started/finished: int64 max
+    _row_err((mt < rs) | (mt > rf) | (rs == np.iinfo(np.int64).max), mp, 'time', "marker outside its transfer's start-finish")
+    return rec, mk
+
+def save_records(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    "Write records or markers as CSV or Parquet (by suffix), times in ISO-8601 UTC, atomically."
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        if path.suffix.lower() in ('.parquet', '.pq'): df.to_parquet(tmp, index=False)
+        else: df.to_csv(tmp, index=False)
     return path
 
 # %% ../../nbs/30_traffic.data.ipynb #eaf35bfd
@@ -370,7 +600,7 @@ def chrono_split(n: int, fracs: Sequence[float] = (0.7, 0.15, 0.15)) -> list[tup
     cuts = np.r_[0, np.round(np.cumsum(f) * n).astype(int)]; cuts[-1] = n
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
-LOG_METRICS = ('active_file_size', 'active_transfers', 'queued')
+LOG_METRICS = ('active_file_size', 'active_transfers', 'queued', 'remaining_bytes', 'queued_bytes')
 
 @dataclass
 class Scaler:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from ..core import (VMLInputError, cli_errors, save_json, seed_everything, check_profile, pick, run_folder,
                                 save_metrics, md_table, Timer, atomic_write, set_threads)
-from .data import (COLUMNS, DIRECTIONS, STEP_S, TIME_COL, simulate_link, load_traffic, save_traffic,
+from .data import (COLUMNS, ALL_COLUMNS, STATE_COLUMNS, DIRECTIONS, STEP_S, TIME_COL, simulate_link, load_traffic, save_traffic,
                                         utilisation, make_windows, chrono_split, Scaler, calendar_features,
                                         oracle_paths)
 
@@ -48,9 +48,9 @@ class WindowData:
     def target_idx(self): return [self.features.index(c) for c in self.targets]
 
 def prepare(df: pd.DataFrame, delta: int = 10, horizon: int = 5, targets: Sequence[str] = TARGETS,
-            fracs: Sequence[float] = (0.7, 0.15, 0.15), calendar: bool = True) -> WindowData:
+            fracs: Sequence[float] = (0.7, 0.15, 0.15), calendar: bool = True, state: bool = True) -> WindowData:
     "Scale `df` (scaler fit on the train rows) and cut windows of `delta` inputs → `horizon` targets in each split."
-    cols = [c for c in COLUMNS if c in df]
+    cols = [c for c in (ALL_COLUMNS if state else COLUMNS) if c in df]
     targets = [t for t in targets if t in cols]
     if not targets: raise VMLInputError(f"none of the target columns {list(TARGETS)} is in the table", field='targets')
     bounds = chrono_split(len(df), fracs)
@@ -208,7 +208,7 @@ def oracle_forecast(wd: WindowData, days: float, seed: int = 0, split: str = 'te
     "Oracle forecast of the windows `sel` = every `stride`-th of `split`, for a table made by `simulate_link(days, seed, **kw)`."
     sel = np.arange(0, len(wd.last[split]), stride)
     P = oracle_paths(days, seed, wd.last[split][sel], wd.horizon, n_paths, replay=replay, **kw)
-    Z = wd.scaler.transform(pd.DataFrame(P.reshape(-1, P.shape[-1]), columns=list(COLUMNS)))
+    Z = wd.scaler.transform(pd.DataFrame(P.reshape(-1, P.shape[-1]), columns=list(ALL_COLUMNS)))
     Z = Z.reshape(P.shape[:-1] + (Z.shape[-1],))[..., [wd.scaler.cols.index(c) for c in wd.targets]]
     mc_var = float(Z.var(1, ddof=1).mean() / Z.shape[1]) if Z.shape[1] > 1 else 0.
     return {'sel': sel, 'pred': Z.mean(1), 'mc_var': mc_var, 'n_paths': Z.shape[1]}
