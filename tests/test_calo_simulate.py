@@ -55,7 +55,7 @@ def test_vml_simulate_fixed_energy_angles_and_seed(tmp_path):
     (['--geometry', 'hexagon'], 'unknown geometry'),
     (['--detector', 'lead'], 'unknown detector'),
     (['--particle', 'muon'], 'unknown particle'),
-    (['--n', '0'], "'n'"),
+    (['--n', '0'], "'--n': must be >= 1"),
     (['--theta', 'up'], "'theta'"),
 ])
 def test_vml_simulate_bad_input(tmp_path, args, msg):

@@ -6,17 +6,18 @@ Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #fdf38e8c
 from __future__ import annotations
-import os, sys, json, math, time, random, tempfile, contextlib, statistics, datetime
+import os, re, sys, json, math, time, errno, random, signal, tempfile, threading, contextlib, statistics, datetime
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROFILES', 'VMLError', 'VMLInputError', 'seed_everything', 'data_dir', 'cache_dir', 'repo_root', 'shipped_data',
-           'atomic_write', 'save_json', 'load_json', 'check_profile', 'pick', 'run_folder', 'save_metrics',
-           'BenchResult', 'Timer', 'bench', 'md_table', 'bench_table', 'set_threads', 'cpu_info', 'git_commit',
-           'provenance', 'cli_errors']
+__all__ = ['PROFILES', 'CLI_MIN', 'VMLError', 'VMLInputError', 'seed_everything', 'data_dir', 'cache_dir', 'repo_root',
+           'shipped_data', 'clean_stale_temporaries', 'atomic_write', 'save_json', 'load_json', 'check_profile', 'pick',
+           'run_folder', 'save_metrics', 'BenchResult', 'Timer', 'bench', 'md_table', 'bench_table', 'set_threads',
+           'cpu_info', 'git_commit', 'provenance', 'check_cli_args', 'available_memory', 'check_memory', 'check_output',
+           'Interrupted', 'handle_signals', 'cli_errors']
 
 # %% ../nbs/00_core.ipynb #2650e9be
 class VMLError(Exception):
@@ -77,14 +78,52 @@ def shipped_data(name: str = '') -> Path:
     return p
 
 # %% ../nbs/00_core.ipynb #3cf7fb5b
+_TMP_TAG = '.vmltmp-'                       # our temporaries: .<name>.vmltmp-<host>-<pid>-<random><suffix>
+
+def _host() -> str: return re.sub(r'[^A-Za-z0-9]', '', os.uname().nodename)[:32] or 'host'
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OverflowError): return True
+    return True
+
+def clean_stale_temporaries(path: str | os.PathLike, legacy_age_s: float = 3600.) -> list[Path]:
+    """Remove the temporaries of `atomic_write(path)` that a killed process left behind (SIGKILL, power loss): ours
+    from this host whose process is gone, and those of the older naming (`.<name>.XXXXXXXX<suffix>`, no process id)
+    untouched for `legacy_age_s` seconds. → the paths removed. `atomic_write` calls it before every write."""
+    path = Path(path); d = path.parent
+    ours = re.compile(re.escape(f'.{path.name}{_TMP_TAG}') + r'(?P<host>[A-Za-z0-9]*)-(?P<pid>\d+)-[0-9a-f]{8}(\.[A-Za-z0-9]+)?')
+    legacy = re.compile(re.escape(f'.{path.name}.') + r'[a-z0-9_]{8}(\.[A-Za-z0-9]+)?')
+    removed, host, now = [], _host(), time.time()
+    try: entries = list(os.scandir(d))
+    except OSError: return removed
+    for e in entries:
+        if not e.name.startswith(f'.{path.name}.'): continue
+        m = ours.fullmatch(e.name)
+        try:
+            if m: stale = m['host'] == host and int(m['pid']) != os.getpid() and not _pid_alive(int(m['pid']))
+            else: stale = bool(legacy.fullmatch(e.name)) and now - e.stat(follow_symlinks=False).st_mtime > legacy_age_s
+            if stale and e.is_file(follow_symlinks=False):
+                os.unlink(e.path); removed.append(Path(e.path))
+        except OSError: pass
+    return removed
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, suffix: str | None = None):
-    "Context manager yielding a temporary path beside `path`; renamed onto `path` only on success."
+    """Context manager yielding a temporary path beside `path`; renamed onto `path` only on success (the previous
+    file stays as it was otherwise, and the temporary is removed). The file gets the user's umask, as `open` would."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix if suffix is not None else '.tmp', dir=path.parent)
+    if path.is_dir(): raise VMLInputError("is a directory, not a file name", file=path)
+    try: path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError): raise VMLInputError("is not a folder", file=path.parent) from None
+    clean_stale_temporaries(path)
+    suffix = suffix if suffix is not None else '.tmp'
+    while True:
+        tmp = path.parent/f".{path.name}{_TMP_TAG}{_host()}-{os.getpid()}-{os.urandom(4).hex()}{suffix}"
+        try: fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666); break     # 0o666 & ~umask
+        except FileExistsError: continue
     os.close(fd)
-    tmp = Path(tmp)
     try:
         yield tmp
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())
@@ -268,16 +307,138 @@ def provenance(command: str | None = None) -> dict:
                 date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))
 
 # %% ../nbs/00_core.ipynb #0bc0442b
+# the size and count options of every console script, checked by `cli_errors` before the command runs (0 means "off"
+# or "default" for those whose minimum is 0)
+CLI_MIN = dict(seed=0, threads=0, start=0, warmup=0, readout=0, calibrate=0, snapshot_every=0, latent=0, fidelity=0,
+               electrons=0, photons=0, pbwo4=0,
+               n=1, max_n=1, batch_size=1, bs=1, batch=1, base_batch=1, repeats=1, epochs=1, cls_epochs=1, gan_epochs=1,
+               workers=1, nproc=1, n_events=1, n_train=1, n_kernel=1, ckpt_every=1, g_steps=1, delta=1, horizon=1,
+               size=1, dim=1, depth=1, heads=1, steps=1, layer_steps=1, calibrate_steps=1, stage1_steps=1, max_steps=1)
+
+def check_cli_args(func: Callable, args: tuple = (), kwargs: dict | None = None, minimum: dict | None = None):
+    "One-line `VMLInputError` for an option of `func` below its `CLI_MIN` minimum (integers) or not finite (floats)."
+    import inspect
+    minimum = CLI_MIN if minimum is None else minimum
+    try: bound = inspect.signature(func).bind_partial(*args, **(kwargs or {}))
+    except (TypeError, ValueError): return
+    for name, v in bound.arguments.items():
+        if v is None or isinstance(v, (bool, np.bool_)): continue
+        opt = '--' + name.replace('_', '-')
+        if isinstance(v, (float, np.floating)) and not math.isfinite(v): raise VMLInputError(f"must be a finite number, got {v}", field=opt)
+        if isinstance(v, (int, np.integer)) and name in minimum and v < minimum[name]:
+            kind = 'a positive integer' if minimum[name] == 1 else 'a non-negative integer' if minimum[name] == 0 else 'an integer'
+            raise VMLInputError(f"must be >= {minimum[name]} ({kind}), got {v}", field=opt)
+
+def _gib(b: float) -> str: return f"{b/2**30:,.1f} GiB" if b >= 2**30 else f"{b/2**20:,.0f} MiB"
+
+def available_memory() -> int | None:
+    "Bytes this process may still allocate: the least of MemAvailable, the cgroup's limit less its use, and `ulimit -v` less the process's size."
+    import resource
+    cands = []
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        txt = Path('/proc/meminfo').read_text()
+        cands.append(int(next(l for l in txt.splitlines() if l.startswith('MemAvailable:')).split()[1])*1024)
+    with contextlib.suppress(OSError, ValueError):
+        lim = Path('/sys/fs/cgroup/memory.max').read_text().strip()
+        if lim != 'max': cands.append(int(lim) - int(Path('/sys/fs/cgroup/memory.current').read_text()))
+    with contextlib.suppress(OSError, ValueError):
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            vm = int(Path('/proc/self/statm').read_text().split()[0])*os.sysconf('SC_PAGE_SIZE')
+            cands.append(soft - vm)
+    return max(0, min(cands)) if cands else None
+
+def check_memory(nbytes: float, what: str, field: str | None = None, fraction: float = 0.8):
+    "Stop with a one-line `VMLInputError` before allocating when `nbytes` exceed `fraction` of `available_memory()`; `what` says what they hold."
+    avail = available_memory()
+    if avail is not None and nbytes > fraction*avail:
+        raise VMLInputError(f"{what} need about {_gib(nbytes)} of memory, {_gib(avail)} available: ask for fewer", field=field)
+
+def check_output(path: str | os.PathLike, field: str = '--out', inputs: dict | None = None, folder: bool = False,
+                 force: bool | None = None, marker: str | None = None) -> Path:
+    """Check an output path before any work: a file (`folder=False`) must not be a directory nor one of `inputs`
+    ({option: path}, e.g. the model's checkpoint); a folder must not be a file, and with `marker` (a file an earlier
+    run writes there) is only overwritten with `force`. → the path."""
+    p = Path(path)
+    if folder:
+        if p.exists() and not p.is_dir(): raise VMLInputError("exists and is not a folder (this option names an output folder)", file=p, field=field)
+        if marker and (p/marker).exists() and not force:
+            raise VMLInputError(f"holds an earlier result ({marker}); add --force to overwrite it, or choose another folder", file=p, field=field)
+        return p
+    if p.is_dir(): raise VMLInputError("is a directory; give a file name", file=p, field=field)
+    for opt, q in (inputs or {}).items():
+        if q is None: continue
+        with contextlib.suppress(OSError):
+            if p.resolve() == Path(q).resolve() or (p.exists() and os.path.samefile(p, q)):
+                raise VMLInputError(f"is the input of {opt}: writing there would destroy it; choose another file", file=p, field=field)
+    return p
+
+class Interrupted(KeyboardInterrupt):
+    "What SIGTERM and SIGHUP raise inside a `cli_errors` command: Ctrl-C's `KeyboardInterrupt`, so that the same clean-up runs."
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = int(signum); super().__init__(signal.Signals(self.signum).name)
+
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+def _raise_interrupted(signum, frame):
+    for s in _SIGNALS: signal.signal(s, signal.SIG_IGN)      # a second signal waits for the clean-up
+    raise Interrupted(signum)
+
+@contextlib.contextmanager
+def handle_signals():
+    "Within the block, SIGTERM and SIGHUP raise `Interrupted` (a `KeyboardInterrupt`) in the main thread, unless someone else handles them."
+    prev = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in _SIGNALS:
+            if signal.getsignal(s) in (signal.SIG_DFL, None): prev[s] = signal.signal(s, _raise_interrupted)
+    try: yield
+    finally:
+        for s, h in prev.items(): signal.signal(s, h)
+
+_USER_ERRNO = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EROFS, errno.ENAMETOOLONG}
+
+def _internal_error(prog: str, e: BaseException) -> str:
+    "Write the traceback of an unexpected exception to a log file; → the path (or None)."
+    import traceback
+    try:
+        d = Path(tempfile.gettempdir())/'vallecorsa_ml-errors'; d.mkdir(exist_ok=True)
+        p = d/f"{prog}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        p.write_text(f"{' '.join(sys.argv)}\n\n" + ''.join(traceback.format_exception(e)))
+        return str(p)
+    except OSError: return None
+
 def cli_errors(prog: str):
-    "Decorator for console scripts: `VMLError`/`FileNotFoundError` → `prog: error: message` on stderr, exit 2."
+    """Decorator for console scripts: every way a command can end becomes one line on stderr.
+    - bad input (`VMLError`, a missing or unwritable path, an option below its `CLI_MIN` minimum): `prog: error: …`, exit 2;
+    - Ctrl-C (SIGINT), SIGTERM, SIGHUP: `prog: interrupted (SIGINT)`, exit 128 + the signal (130, 143, 129), after the
+      clean-up (`atomic_write` leaves the previous file and removes its temporary);
+    - out of memory: exit 1; anything else (a bug): exit 1 with the exception in one line and the traceback in a file
+      under the temporary folder (set `VML_TRACEBACK=1` to see it raised instead)."""
     import functools
     def deco(f):
         @functools.wraps(f)
         def _inner(*args, **kwargs):
-            try: return f(*args, **kwargs)
-            except (VMLError, FileNotFoundError) as e:
-                msg = str(e) if not isinstance(e, FileNotFoundError) else f"{e.filename}: file not found"
-                print(f"{prog}: error: {msg}", file=sys.stderr)
-                raise SystemExit(2)
+            def fail(msg, code):
+                print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+                raise SystemExit(code)
+            try:
+                with handle_signals():
+                    check_cli_args(f, args, kwargs)
+                    return f(*args, **kwargs)
+            except KeyboardInterrupt as e:
+                s = getattr(e, 'signum', signal.SIGINT)
+                print(f"{prog}: interrupted ({signal.Signals(s).name})", file=sys.stderr, flush=True)
+                raise SystemExit(128 + s) from None
+            except VMLError as e: fail(str(e), 2)
+            except FileNotFoundError as e: fail(f"{e.filename}: file not found" if e.filename else str(e), 2)
+            except MemoryError as e: fail(f"out of memory{': ' + str(e) if str(e) else ''}", 1)
+            except OSError as e:
+                fail((f"{e.filename}: " if e.filename else '') + (e.strerror or str(e)).lower(), 2 if e.errno in _USER_ERRNO else 1)
+            except Exception as e:
+                if os.environ.get('VML_TRACEBACK'): raise
+                log = _internal_error(prog, e)
+                first = (str(e).strip().splitlines() or [''])[0][:300]
+                fail(f"internal error {type(e).__name__}: {first}" + (f" (a bug; traceback in {log})" if log else " (a bug)"), 1)
         return _inner
     return deco
+
