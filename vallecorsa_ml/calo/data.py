@@ -6,7 +6,7 @@ Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/calo.data.html.md"""
 
 # %% ../../nbs/11_calo.data.ipynb #5a9dffd7
 from __future__ import annotations
-import os, json, math
+import os, json, math, contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -110,7 +110,17 @@ def _need(f, key, path):
     if key not in f: raise VMLInputError("missing key", file=path, field=key)
     d = f[key]
     if not isinstance(d, h5py.Dataset): raise VMLInputError("is a group, expected a dataset", file=path, field=key)
+    if d.dtype.kind not in 'fiub': raise VMLInputError(f"holds {d.dtype} values, expected real numbers", file=path, field=key)
+    if d.ndim == 0: raise VMLInputError("is a single value, expected one per shower", file=path, field=key)
     return d
+
+@contextlib.contextmanager
+def _reading(path):
+    "h5py's errors on a damaged file (truncated data, broken metadata) → one-line `VMLInputError`."
+    try: yield
+    except (OSError, RuntimeError, KeyError) as e:
+        msg = (str(e).strip().splitlines() or [''])[0].split('(')[0].strip().rstrip(',')[:120]
+        raise VMLInputError(f"truncated or damaged HDF5 file ({type(e).__name__}{': ' + msg if msg else ''})", file=path) from None
 
 def _attrs(f) -> dict:
     out = {}
@@ -125,7 +135,10 @@ def _geometry_of(f, n_cells_or_shape, geometry, path, key):
     if geometry is not None:
         g = get_geometry(geometry)
     elif 'vml_geometry' in f.attrs:
-        g = get_geometry(json.loads(f.attrs['vml_geometry']))
+        try: g = get_geometry(json.loads(f.attrs['vml_geometry']))
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            why = e.message if isinstance(e, VMLInputError) else f"{type(e).__name__}"
+            raise VMLInputError(f"not a mesh description ({why})", file=path, field='vml_geometry') from None
     else:
         try: g = infer_geometry(n_cells_or_shape)
         except VMLInputError as e: raise VMLInputError(e.message, file=path, field=key) from None
@@ -173,7 +186,7 @@ def _check_values(a, path, key, negative_ok=False):
 def read_showers(path, geometry=None, start: int = 0, stop: int | None = None, check: bool = True) -> ShowerData:
     "Read rows `start:stop` of a CaloChallenge or 3DGAN HDF5 file as `ShowerData` (MeV, rad), validating them."
     path = Path(path)
-    with _open(path) as f:
+    with _reading(path), _open(path) as f:
         fmt, keys, n, g = _layout(f, path, geometry)
         stop = n if stop is None else min(int(stop), n)
         start = int(start)
@@ -200,7 +213,7 @@ def read_showers(path, geometry=None, start: int = 0, stop: int | None = None, c
 def iter_showers(path, chunk_size: int = 1000, geometry=None, start: int = 0, stop: int | None = None) -> Iterator[ShowerData]:
     "Yield validated `ShowerData` chunks of at most `chunk_size` rows; only one chunk is in memory at a time."
     if chunk_size < 1: raise VMLInputError("chunk_size must be >= 1", field='chunk_size')
-    with _open(path) as f: _, _, n, g = _layout(f, Path(path), geometry)
+    with _reading(path), _open(path) as f: _, _, n, g = _layout(f, Path(path), geometry)
     stop = n if stop is None else min(stop, n)
     for i in range(start, stop, chunk_size):
         yield read_showers(path, g, i, min(i + chunk_size, stop))
@@ -208,7 +221,7 @@ def iter_showers(path, chunk_size: int = 1000, geometry=None, start: int = 0, st
 def validate_file(path, geometry=None, chunk_size: int = 1000) -> dict:
     "Check a whole shower file (structure, then values chunk by chunk); return a summary or raise `VMLInputError`."
     path = Path(path)
-    with _open(path) as f: fmt, keys, n, g = _layout(f, path, geometry)
+    with _reading(path), _open(path) as f: fmt, keys, n, g = _layout(f, path, geometry)
     emin, emax, etot = np.inf, -np.inf, 0.0
     for c in iter_showers(path, chunk_size, g):
         emin, emax = min(emin, c.energies.min()), max(emax, c.energies.max()); etot += float(c.showers.sum(dtype=np.float64))

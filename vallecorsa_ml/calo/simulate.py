@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace, asdict
 import numpy as np
 from scipy.special import gammainc
 from fastcore.script import call_parse
-from ..core import VMLInputError, cli_errors, seed_everything, bench, bench_table, md_table, cpu_info
+from ..core import VMLInputError, cli_errors, seed_everything, bench, bench_table, md_table, cpu_info, check_memory, check_output
 from .geometry import get_geometry, CylMesh, CartMesh, DS2
 from .data import ShowerData, write_showers
 
@@ -475,17 +475,19 @@ def calibrate(E, showers, base: Detector, mesh='ds2', iterations: int = 2, seed:
 # %% ../../nbs/12_calo.simulate.ipynb #9fb52178
 _UNITS = {'mev': 1.0, 'gev': 1e3, 'tev': 1e6}
 
-def parse_energy(spec: str) -> tuple:
-    "'1-100GeV' → (1000, 100000) MeV; '50GeV' → (50000, 50000); unit MeV, GeV (default) or TeV."
+def parse_energy(spec: str, field: str = '--energy') -> tuple:
+    "'1-100GeV' → (1000, 100000) MeV; '50GeV' → (50000, 50000); the unit (MeV, GeV or TeV) is required: a bare number is refused."
     s = str(spec).strip().lower().replace(' ', '')
     unit = next((u for u in _UNITS if s.endswith(u)), None)
     num = s[:-3] if unit else s
     try:
         lo, hi = (float(v) for v in num.split('-', 1)) if '-' in num[1:] else (float(num),)*2
     except ValueError:
-        raise VMLInputError(f"cannot read energy {spec!r}; use e.g. 50GeV or 1-100GeV", field='energy') from None
-    f = _UNITS[unit or 'gev']
-    if not (0 < lo <= hi) or not math.isfinite(hi): raise VMLInputError(f"energy range {spec!r} must satisfy 0 < lo <= hi", field='energy')
+        raise VMLInputError(f"cannot read energy {spec!r}; use e.g. 50GeV or 1-100GeV", field=field) from None
+    if unit is None:
+        raise VMLInputError(f"{spec!r} has no unit: write it with MeV, GeV or TeV, e.g. 50GeV, 50000MeV or 1-100GeV", field=field)
+    f = _UNITS[unit]
+    if not (0 < lo <= hi) or not math.isfinite(hi): raise VMLInputError(f"energy range {spec!r} must satisfy 0 < lo <= hi", field=field)
     return lo*f, hi*f
 
 def parse_range(spec, name: str) -> tuple | None:
@@ -516,8 +518,11 @@ def vml_simulate(
 ):
     "Simulate showers with the built-in parametric Monte Carlo and write them to an HDF5 file."
     if not out: raise VMLInputError("give the output file with --out", field='out')
-    if n < 1: raise VMLInputError(f"must be >= 1, got {n}", field='n')
+    check_output(out)
+    if n < 1: raise VMLInputError(f"must be >= 1, got {n}", field='--n')
     lo, hi = parse_energy(energy)
+    g = get_geometry(geometry)
+    check_memory(3*n*g.n_cells*4, f"{n:,} showers of {g.n_cells:,} cells (float32, with the simulator's working copies)", '--n')
     rng = np.random.default_rng([seed, 1])
     E = np.exp(rng.uniform(np.log(lo), np.log(hi), n)) if hi > lo else np.full(n, lo)
     th = parse_range(theta, 'theta'); ph = parse_range(phi, 'phi')
@@ -569,6 +574,8 @@ def vml_bench_sim(
     try: es = [float(v) for v in energies.split(',')]
     except ValueError: raise VMLInputError(f"cannot read {energies!r}; use e.g. 10,50,100", field='energies') from None
     if n < 1 or repeats < 1: raise VMLInputError("n and repeats must be >= 1", field='n')
+    g = get_geometry(geometry)
+    check_memory(3*n*g.n_cells*4, f"{n:,} showers of {g.n_cells:,} cells (float32, with the simulator's working copies)", '--n')
     info = cpu_info()
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f"# vml-bench-sim: {info.get('model', '')}, {info.get('cpus')} CPUs, load average {load:.1f}; "
