@@ -10,7 +10,7 @@ import os, io, copy, math, time, html, base64
 from pathlib import Path
 import numpy as np
 from ..core import (VMLInputError, seed_everything, save_json, check_profile, pick, run_folder, save_metrics,
-                                Timer, bench, bench_table, md_table, cli_errors, cpu_info)
+                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output)
 from .geometry import CylMesh, CartMesh, get_geometry
 from .data import (ShowerData, read_showers, load_g4, load_showers, concat_showers, showers_from,
                                      shower_units, to_calochallenge, ENERGY_UNITS)
@@ -476,6 +476,9 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
     if not isinstance(gen, ShowerData) or not isinstance(ref, ShowerData): raise VMLInputError("gen and ref must be ShowerData", field='data')
     if gen.geometry.shape != ref.geometry.shape:
         raise VMLInputError(f"samples on different geometries: {gen.geometry.name} {gen.geometry.shape} vs {ref.geometry.name} {ref.geometry.shape}", field='geometry')
+    if min(len(gen), len(ref)) < 10:       # a covariance, a bootstrap batch, 60/20/20 splits: not from a handful of showers
+        for todo, what, skip in ((cls, 'the classifier tests need', '--cls none'), (fpd_kpd, 'FPD and KPD need', '--no-fpd')):
+            if todo: raise VMLInputError(f"{what} at least 10 showers in each sample, got {len(gen)} and {len(ref)} ({skip} skips them)")
     ru = ref_units if isinstance(ref_units, dict) else shower_units(ref, ref_units, sampling_fraction)
     gu = gen_units if isinstance(gen_units, dict) else shower_units(gen, gen_units, sampling_fraction,
                                                                      fallback=ru if gen.attrs.get('file') is None else None)
@@ -485,6 +488,10 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
     t = {}
     with Timer() as tm:
         gen, ref = official_sample(gen, gu, me), official_sample(ref, ru, me)
+        for lab, d in (('gen', gen), ('ref', ref)):
+            if not (d.flat > 0).any():
+                raise VMLInputError(f"all {len(d)} showers are empty: no cell above the {me*1e3:.4g} keV read-out threshold "
+                                    f"(CaloChallenge units), nothing to compare", file=d.attrs.get('file') or lab, field='showers')
         gf, rf = official_features(gen, me), official_features(ref, me)
     t['features_s'] = tm.seconds
     with Timer() as tm:
@@ -546,8 +553,10 @@ def vml_evaluate(gen: str,                 # generated showers, HDF5 (CaloChalle
                  seed: int = 0,            # random seed
                  units: str = None,        # energy convention of the files (gen, and ref unless --ref-units): raw (active-layer energy) or calochallenge
                  ref_units: str = None,    # energy convention of the reference file
-                 sampling_fraction: float = None):  # for raw files that do not record theirs (default 0.032, our Geant4 W/Si files)
+                 sampling_fraction: float = None,  # for raw files that do not record theirs (default 0.032, our Geant4 W/Si files)
+                 force: store_true = False):  # overwrite an earlier evaluation in --out
     "Evaluate generated showers against a reference: metrics.json, figures and index.html in --out."
+    check_output(out, folder=True, marker='metrics.json', force=force)
     kinds = () if cls.strip().lower() == 'none' else tuple(c.strip() for c in cls.split(',') if c.strip())
     for c in kinds:
         if c not in ('high', 'low'): raise VMLInputError(f"unknown classifier test {c!r}; use high, low or none", field='--cls')
