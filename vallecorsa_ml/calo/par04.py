@@ -85,7 +85,7 @@ class Par04Generator(nn.Module):
         y = self.generate(x, noise, layer_noise)
         return (y, noise, layer_noise) if self.noise_outputs else y
 
-# %% ../../nbs/19_calo.par04.ipynb #c95ee5cb
+# %% ../../nbs/19_calo.par04.ipynb #3a4005ff
 def _onnx_meta(model_pg: Par04Generator, seed, source: str) -> dict:
     return dict(producer='vallecorsa_ml.calo.par04', contract='Geant4 Par04 CaloDiT-2 (11.4): input (1, 8) '
                 '[E GeV, phi, theta, geometry one-hot x5]; first output (1, 6480) GeV, (r, phi, z), z fastest',
@@ -136,6 +136,9 @@ def export_par04(model, path, fmt: str = 'onnx', steps: int = 16, layer_steps: i
                 os.replace(str(tmp) + '.opt', tmp)
             m = onnx.load(str(tmp))
             m.ir_version = min(m.ir_version, 8)
+            used = {n.domain for n in m.graph.node} | {''}
+            keep = [o for o in m.opset_import if o.domain in used]      # ORT's rewrite stamps every domain it knows, e.g.
+            del m.opset_import[:]; m.opset_import.extend(keep)          # ai.onnx.ml 5, which older runtimes refuse to load
             del m.metadata_props[:]
             for k, v in _onnx_meta(pg, seed, source).items(): m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
             onnx.checker.check_model(m)
