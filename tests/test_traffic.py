@@ -131,14 +131,14 @@ def test_oracle_replays_the_future_and_bounds_the_forecasters():
 
 
 # ---- transfer records -> link series (issue 23) ----
-from vallecorsa_ml.traffic.data import (ALL_COLUMNS, STATE_COLUMNS, simulate_transfers, link_series, load_records, save_records)
+from vallecorsa_ml.traffic.data import (ALL_COLUMNS, STATE_COLUMNS, PROJ_COLUMNS, simulate_transfers, link_series, load_records, save_records)
 
 @pytest.mark.parametrize('kw', [dict(), dict(substeps=3, capacity=2e9, max_active=20)])
 def test_link_series_reproduces_the_simulator(kw):
     tab, rec, mk = simulate_transfers(days=1, seed=12, **kw)
     if kw: assert (tab[[c for c in STATE_COLUMNS if c.startswith('queued_bytes')]].to_numpy() > 0).any()    # a queue to count
     agg = link_series(rec, markers=mk, start=tab.index[0], end=tab.index[-1] + pd.Timedelta(seconds=STEP_S), traffic=tab)
-    assert list(agg.columns) == list(ALL_COLUMNS) and (agg.index == tab.index).all()
+    assert list(agg.columns) == list(ALL_COLUMNS + PROJ_COLUMNS) and (agg.index == tab.index).all()
     for c in ALL_COLUMNS:
         np.testing.assert_allclose(agg[c].to_numpy(), tab[c].to_numpy(), rtol=1e-9, atol=1e-9 * tab[c].abs().max(), err_msg=c)
 
@@ -193,3 +193,51 @@ def test_load_records_counts_what_it_drops(tmp_path, recs):
     assert r.attrs['dropped'] == {'markers_of_unknown_files': 2} and len(m) == len(mk)
     r.loc[r.index[:3], 'final_state'] = 'FAILED'
     assert link_series(r, markers=m).attrs['dropped'] == {'markers_of_unknown_files': 2, 'failed_or_canceled': 3, 'other_link': 0}
+
+
+# ---- quantiles, alarms at a fixed false-alarm rate, vml-traffic --records (issue 23) ----
+def test_pinball_loss_minimised_at_the_sample_quantile():
+    import torch
+    from vallecorsa_ml.traffic.models import pinball_loss
+    rng = np.random.default_rng(21)
+    for tau in (0.05, 0.1, 0.5, 0.9, 0.95):
+        y = rng.pareto(1.5, 201)                                   # heavy-tailed, like the traffic
+        grid = np.linspace(y.min(), np.quantile(y, 0.99), 4001)    # brute force over constant forecasts
+        loss = [float(pinball_loss(torch.full((201, 1), g, dtype=torch.float64), torch.as_tensor(y), (tau,))) for g in grid]
+        best = grid[int(np.argmin(loss))]
+        ref = np.sort(y)[int(np.ceil(tau * 201)) - 1]             # the ceil(tau n)-th order statistic (tau n not an integer)
+        assert abs(best - ref) <= grid[1] - grid[0], (tau, best, ref)
+
+def test_conformal_margin_and_coverage_by_hand():
+    from vallecorsa_ml.traffic.models import conformalize, coverage
+    y = np.array([[0.], [1.], [2.], [3.], [10.]]); lo, hi = np.full((5, 1), 0.5), np.full((5, 1), 2.5)
+    # scores max(lo - y, y - hi): 0.5, -0.5, -0.5, 0.5, 7.5; alpha 0.5 -> ceil(0.5 * 6) = 3rd smallest = 0.5
+    assert conformalize(lo, hi, y, alpha=0.5).tolist() == [0.5]
+    assert coverage(lo[:, 0], hi[:, 0], y[:, 0]) == pytest.approx(2 / 5)
+
+def test_alarm_at_fixed_false_alarm_rate_matches_sklearn():
+    from sklearn.metrics import roc_curve, precision_score, recall_score, f1_score
+    from vallecorsa_ml.traffic.models import far_threshold, onset_leads
+    rng = np.random.default_rng(22)
+    y = rng.random(5000) < 0.3; s = rng.normal(size=5000) + 2 * y
+    for far in (0.02, 0.05, 0.1):
+        cut = far_threshold(s, y, far); a = s > cut
+        fpr, tpr, th = roc_curve(y, s, drop_intermediate=False)
+        i = np.flatnonzero(th > cut)[-1]
+        assert (a & ~y).sum() / (~y).sum() == pytest.approx(fpr[i]) and fpr[i] <= far
+        assert (a & y).sum() / y.sum() == pytest.approx(tpr[i])
+        got = pr_f1(a, y)
+        assert (got['precision'], got['recall'], got['f1']) == pytest.approx((precision_score(y, a), recall_score(y, a), f1_score(y, a)))
+    u = np.zeros(50); u[30:35] = 0.95
+    assert onset_leads(np.isin(np.arange(50), [24, 25]), np.arange(50), u, k=10).tolist() == [12.]   # first alarm 6 steps before
+
+def test_cli_records(tmp_path):
+    r = _cli('--records', tmp_path/'rec.csv', '--markers', tmp_path/'mk.csv', '--simulate', 3, '--epochs', 1, '--delta', 5,
+             '--horizon', 3, '--out', tmp_path/'o')
+    assert r.returncode == 0, r.stderr
+    assert "left out: {'other_link': 0}" in r.stdout and 'persistence' in r.stdout
+    fc = pd.read_csv(tmp_path/'o'/'forecast.csv', parse_dates=[TIME_COL]); assert len(fc) == 3
+    raw = pd.read_csv(tmp_path/'rec.csv'); raw.loc[4, 'size_bytes'] = -1; raw.to_csv(tmp_path/'bad.csv', index=False)
+    r = _cli('--records', tmp_path/'bad.csv', '--out', tmp_path/'o2')
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and "'size_bytes': negative size in row 4" in r.stderr
+    r = _cli('--out', tmp_path/'o3'); assert r.returncode == 2 and '--records' in r.stderr

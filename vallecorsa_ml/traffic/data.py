@@ -16,10 +16,11 @@ import numba
 from ..core import VMLInputError, atomic_write, seed_everything
 
 # %% auto #0
-__all__ = ['STEP_S', 'METRICS', 'STATE_METRICS', 'DIRECTIONS', 'COLUMNS', 'STATE_COLUMNS', 'ALL_COLUMNS', 'TIME_COL', 'SITES',
-           'RECORD_COLUMNS', 'MARKER_COLUMNS', 'STATES', 'LOG_METRICS', 'utilisation', 'waterfill', 'DirectionConfig',
-           'LinkConfig', 'simulate_link', 'oracle_paths', 'load_traffic', 'save_traffic', 'simulate_transfers',
-           'link_series', 'load_records', 'save_records', 'make_windows', 'chrono_split', 'Scaler', 'calendar_features']
+__all__ = ['STEP_S', 'METRICS', 'STATE_METRICS', 'DIRECTIONS', 'COLUMNS', 'STATE_COLUMNS', 'ALL_COLUMNS', 'PROJ_STEPS',
+           'PROJ_COLUMNS', 'TIME_COL', 'SITES', 'RECORD_COLUMNS', 'MARKER_COLUMNS', 'STATES', 'LOG_METRICS',
+           'utilisation', 'waterfill', 'DirectionConfig', 'LinkConfig', 'simulate_link', 'oracle_paths', 'load_traffic',
+           'save_traffic', 'simulate_transfers', 'link_series', 'load_records', 'save_records', 'make_windows',
+           'chrono_split', 'Scaler', 'calendar_features']
 
 # %% ../../nbs/30_traffic.data.ipynb #c75e4413
 STEP_S = 120
@@ -29,6 +30,8 @@ DIRECTIONS = ('out', 'in')
 COLUMNS = tuple(f'{m}_{d}' for d in DIRECTIONS for m in METRICS)
 STATE_COLUMNS = tuple(f'{m}_{d}' for d in DIRECTIONS for m in STATE_METRICS)
 ALL_COLUMNS = COLUMNS + STATE_COLUMNS
+PROJ_STEPS = 5                                  # projections of the running transfers, 1..5 steps on (`link_series`)
+PROJ_COLUMNS = tuple(f'proj_throughput_{h}_{d}' for d in DIRECTIONS for h in range(1, PROJ_STEPS + 1))
 TIME_COL = 'timestamp'
 
 def utilisation(df: pd.DataFrame, capacity: float | None = None, step_s: float | None = None) -> pd.DataFrame:
@@ -324,7 +327,7 @@ def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_co
     except Exception as e: _fail(f"cannot read file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", path)
     if rename: raw = raw.rename(columns=rename)
     if time_col not in raw: _fail(f"no timestamp column (columns: {', '.join(map(str, raw.columns))})", path, time_col)
-    unknown = [c for c in raw.columns if c != time_col and c not in ALL_COLUMNS]
+    unknown = [c for c in raw.columns if c != time_col and c not in ALL_COLUMNS + PROJ_COLUMNS]
     if unknown: _fail(f"unknown column (known: {', '.join(ALL_COLUMNS)}; map names with rename=)", path, unknown[0])
     if not any(c.startswith('traffic_') for c in raw.columns): _fail("no traffic column in the file", path, 'traffic_out')
     if len(raw) < 2: _fail("fewer than 2 rows", path)
@@ -365,7 +368,7 @@ def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_co
             _fail(f"gap after {df.index[i]} (next sample {df.index[i+1]}); pass resample=True to fill short gaps", path, time_col)
         nan = df.isna().any()
         if nan.any(): c = nan.index[nan.values][0]; _fail(f"NaN in row {int(np.argmax(df[c].isna().values))}; pass resample=True to interpolate", path, c)
-    df = df[[c for c in ALL_COLUMNS if c in df]]
+    df = df[[c for c in ALL_COLUMNS + PROJ_COLUMNS if c in df]]
     if capacity is not None and capacity <= 0: _fail("capacity must be > 0 bits/s", path, 'capacity')
     df.attrs.update(capacity=capacity, step_s=step_s, source=str(path))
     return df
@@ -463,6 +466,11 @@ def _direction_series(r, markers, g0, step, n):
     o = np.lexsort((kt, kf)); kf, kt, kb = kf[o], kt[o], kb[o]
     ptr = np.searchsorted(kf, np.arange(len(r) + 1))
     moved = np.empty(pf.size); _moved_at(ptr, kt, kb, pf, G[pj], moved)
+    # each active transfer's rate over the last step (or since its start), and what is still running h steps on
+    tprev = np.maximum(G[pj] - step, sta[pf]); mprev = np.empty(pf.size); _moved_at(ptr, kt, kb, pf, tprev, mprev)
+    rate = (moved - mprev) / ((G[pj] - tprev) / 1e9)                         # bytes/s
+    proj = {f'proj_throughput_{h}': np.bincount(pj, 8 * rate * (size[pf] - moved > rate * h * step / 1e9), minlength=n + 1)[1:]
+            for h in range(1, PROJ_STEPS + 1)}
     active = np.bincount(pj, minlength=n + 1).astype(float)
     act_size = np.bincount(pj, size[pf], minlength=n + 1)
     remaining = np.bincount(pj, size[pf] - moved, minlength=n + 1)
@@ -474,11 +482,11 @@ def _direction_series(r, markers, g0, step, n):
     return {'traffic': fts_bits, 'throughput': fts_bits / (step / 1e9),
             'active_file_size': np.divide(act_size[s], active[s], out=np.zeros(n), where=active[s] > 0),
             'active_transfers': active[s], 'queued': queued[s].astype(float), 'remaining_bytes': remaining[s],
-            'queued_bytes': queued_b[s]}
+            'queued_bytes': queued_b[s], **proj}
 
 def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame | None = None, start=None, end=None,
-                sites: Sequence[str] = SITES, traffic: pd.DataFrame | None = None) -> pd.DataFrame:
-    "Aggregate transfer records (and markers) into the link table (`ALL_COLUMNS`), one row per `step` from `start` to `end`."
+                sites: Sequence[str] = SITES, traffic: pd.DataFrame | None = None, projections: bool = True) -> pd.DataFrame:
+    "Aggregate transfer records (and markers) into the link table (`ALL_COLUMNS`, and `PROJ_COLUMNS`), one row per `step` from `start` to `end`."
     miss = [c for c in RECORD_COLUMNS if c not in records and c not in ('job_id', 'final_state')]
     if miss: raise VMLInputError(f"records lack column(s) {', '.join(miss)}", field=miss[0])
     step_ns = pd.Timedelta(step).value
@@ -499,7 +507,7 @@ def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame
         sel = ((ends[0] == a) & (ends[1] == b)).to_numpy(); keep |= sel
         for m, v in _direction_series(records[sel], markers, t0.value, step_ns, n).items(): cols[f'{m}_{d}'] = v
     idx = pd.date_range(t0, periods=n, freq=pd.Timedelta(step_ns, 'ns'), name=TIME_COL)
-    df = pd.DataFrame({c: cols[c] for c in ALL_COLUMNS}, index=idx)
+    df = pd.DataFrame({c: cols[c] for c in ALL_COLUMNS + (PROJ_COLUMNS if projections else ())}, index=idx)
     fts_only = traffic is None
     if not fts_only:
         tr = traffic.reindex(idx)

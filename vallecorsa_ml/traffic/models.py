@@ -16,15 +16,17 @@ import torch
 from torch import nn
 from ..core import (VMLInputError, cli_errors, save_json, seed_everything, check_profile, pick, run_folder,
                                 save_metrics, md_table, Timer, atomic_write, set_threads)
-from .data import (COLUMNS, ALL_COLUMNS, STATE_COLUMNS, DIRECTIONS, STEP_S, TIME_COL, simulate_link, load_traffic, save_traffic,
+from .data import (COLUMNS, ALL_COLUMNS, STATE_COLUMNS, PROJ_COLUMNS, DIRECTIONS, STEP_S, TIME_COL, simulate_link, load_traffic, save_traffic,
                                         utilisation, make_windows, chrono_split, Scaler, calendar_features,
-                                        oracle_paths)
+                                        oracle_paths, simulate_transfers, link_series, load_records, save_records)
 
 # %% auto #0
-__all__ = ['TARGETS', 'SPLITS', 'ARCHS', 'WindowData', 'prepare', 'CNN', 'LSTMNet', 'CNNLSTM', 'ConvLSTMCell', 'ConvLSTM',
-           'make_model', 'dataloaders', 'train_model', 'predict', 'persistence', 'seasonal_naive', 'fit_ridge',
-           'predict_ridge', 'scores', 'oracle_forecast', 'sine_table', 'alarm_labels', 'pr_f1', 'best_threshold',
-           'lead_times', 'train_alarm', 'forecast_next', 'run_traffic', 'vml_traffic']
+__all__ = ['TARGETS', 'SPLITS', 'ARCHS', 'QUANTILES', 'WindowData', 'prepare', 'CNN', 'LSTMNet', 'CNNLSTM', 'ConvLSTMCell',
+           'ConvLSTM', 'make_model', 'dataloaders', 'train_model', 'predict', 'persistence', 'seasonal_naive',
+           'fit_ridge', 'predict_ridge', 'scores', 'oracle_forecast', 'sine_table', 'pinball_loss', 'QuantileNet',
+           'train_quantiles', 'predict_quantiles', 'coverage', 'conformalize', 'alarm_labels', 'pr_f1',
+           'best_threshold', 'lead_times', 'train_alarm', 'far_threshold', 'onset_leads', 'train_alarms',
+           'forecast_next', 'run_traffic', 'vml_traffic']
 
 # %% ../../nbs/31_traffic.models.ipynb #b6216bab
 TARGETS = ('traffic_out', 'traffic_in', 'throughput_out', 'throughput_in', 'active_file_size_out', 'active_file_size_in')
@@ -50,7 +52,7 @@ class WindowData:
 def prepare(df: pd.DataFrame, delta: int = 10, horizon: int = 5, targets: Sequence[str] = TARGETS,
             fracs: Sequence[float] = (0.7, 0.15, 0.15), calendar: bool = True, state: bool = True) -> WindowData:
     "Scale `df` (scaler fit on the train rows) and cut windows of `delta` inputs → `horizon` targets in each split."
-    cols = [c for c in (ALL_COLUMNS if state else COLUMNS) if c in df]
+    cols = [c for c in (ALL_COLUMNS + PROJ_COLUMNS if state else COLUMNS) if c in df]
     targets = [t for t in targets if t in cols]
     if not targets: raise VMLInputError(f"none of the target columns {list(TARGETS)} is in the table", field='targets')
     bounds = chrono_split(len(df), fracs)
@@ -208,7 +210,7 @@ def oracle_forecast(wd: WindowData, days: float, seed: int = 0, split: str = 'te
     "Oracle forecast of the windows `sel` = every `stride`-th of `split`, for a table made by `simulate_link(days, seed, **kw)`."
     sel = np.arange(0, len(wd.last[split]), stride)
     P = oracle_paths(days, seed, wd.last[split][sel], wd.horizon, n_paths, replay=replay, **kw)
-    Z = wd.scaler.transform(pd.DataFrame(P.reshape(-1, P.shape[-1]), columns=list(ALL_COLUMNS)))
+    Z = wd.scaler.transform(pd.DataFrame(P.reshape(-1, P.shape[-1]), columns=list(ALL_COLUMNS)).reindex(columns=wd.scaler.cols, fill_value=0.))   # only targets are used
     Z = Z.reshape(P.shape[:-1] + (Z.shape[-1],))[..., [wd.scaler.cols.index(c) for c in wd.targets]]
     mc_var = float(Z.var(1, ddof=1).mean() / Z.shape[1]) if Z.shape[1] > 1 else 0.
     return {'sel': sel, 'pred': Z.mean(1), 'mc_var': mc_var, 'n_paths': Z.shape[1]}
@@ -223,6 +225,47 @@ def sine_table(n: int = 3000, period: int = 40, noise: float = 0.05, seed: int =
                        'traffic_in': np.roll(base, 7) * (1 + noise * rng.normal(size=n))},
                       index=pd.date_range('2024-01-01', periods=n, freq='120s', tz='UTC', name=TIME_COL))
     df.attrs.update(capacity=10e9, step_s=STEP_S); return df
+
+# %% ../../nbs/31_traffic.models.ipynb #b2c0de02
+QUANTILES = (0.05, 0.1, 0.5, 0.9, 0.95)
+
+def pinball_loss(pred: torch.Tensor, y: torch.Tensor, qs: Sequence[float] = QUANTILES) -> torch.Tensor:
+    "Mean pinball (quantile) loss of `pred` (..., len(qs)) against `y` (...)."
+    q = torch.as_tensor(qs, dtype=pred.dtype, device=pred.device)
+    d = y.unsqueeze(-1) - pred
+    return torch.maximum(q * d, (q - 1) * d).mean()
+
+class QuantileNet(nn.Module):
+    "One of `ARCHS` with a forecast per quantile, each added to the last observed value: (B, delta, F) → (B, horizon, G, Q)."
+    def __init__(self, arch, n_in, delta, n_out, horizon, target_idx, qs: Sequence[float] = QUANTILES):
+        super().__init__()
+        self.g, self.qs = n_out, tuple(qs)
+        self.base = make_model(arch, n_in, delta, n_out * len(qs), horizon, None)
+        self.register_buffer('ti', torch.as_tensor(list(target_idx), dtype=torch.long))
+    def forward(self, x):
+        return self.base(x).view(x.shape[0], -1, self.g, len(self.qs)) + x[:, -1, self.ti][:, None, :, None]
+
+def train_quantiles(wd: WindowData, arch: str = 'lstm', qs: Sequence[float] = QUANTILES, epochs: int = 5,
+                    bs: int = 256, lr: float = 1e-2, seed: int = 0) -> QuantileNet:
+    "Fit a `QuantileNet` on `wd`'s training windows with the pinball loss."
+    m = QuantileNet(arch, len(wd.features), wd.delta, len(wd.targets), wd.horizon, wd.target_idx, qs)
+    train_model(m, wd.X['train'], wd.Y['train'], wd.X['valid'], wd.Y['valid'], epochs=epochs, bs=bs, lr=lr,
+                loss_func=lambda p, y: pinball_loss(p, y, qs), seed=seed)
+    return m
+
+def predict_quantiles(m: QuantileNet, x: np.ndarray) -> np.ndarray:
+    "Quantile forecasts (N, horizon, G, Q), sorted along Q (crossing quantiles rearranged)."
+    return np.sort(predict(m, x), -1)
+
+def coverage(lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> float:
+    "Fraction of entries of `y` inside `[lo, hi]`."
+    return float(((y >= lo) & (y <= hi)).mean())
+
+def conformalize(lo_v, hi_v, y_v, alpha: float):
+    "CQR margin per (step, target) from validation: the `ceil((1-alpha)(n+1))`-th smallest `max(lo - y, y - hi)` over the n windows."
+    e = np.sort(np.maximum(lo_v - y_v, y_v - hi_v), axis=0)
+    k = int(np.ceil((1 - alpha) * (len(e) + 1)))
+    return e[min(k, len(e)) - 1]
 
 # %% ../../nbs/31_traffic.models.ipynb #4b737355
 def alarm_labels(df: pd.DataFrame, last: np.ndarray, k: int, thr: float = 0.9, capacity: float | None = None) -> np.ndarray:
@@ -288,6 +331,49 @@ def train_alarm(df: pd.DataFrame, arch: str = 'cnn_lstm', delta: int = 10, k: in
     res['positives'] = float(lab['test'].any(1).mean())
     return {'scores': res, 'model': m, 'wd': wd, 'prob': p['test'], 'alarm': p['test'] >= cut, 'labels': lab['test']}
 
+# %% ../../nbs/31_traffic.models.ipynb #b2c0de06
+def far_threshold(score: np.ndarray, label: np.ndarray, far: float) -> float:
+    "Threshold on `score` at which a fraction `far` of the negatives (`~label`) raise the alarm (`score > threshold`)."
+    neg = np.sort(np.asarray(score)[~np.asarray(label, bool)])
+    if not neg.size: raise VMLInputError("no negative windows to set a false-alarm rate on", field='far')
+    return float(neg[min(neg.size - 1, int(np.floor((1 - far) * neg.size)))] if far > 0 else neg[-1])
+
+def onset_leads(alarm: np.ndarray, last: np.ndarray, util: np.ndarray, k: int, thr: float = 0.9, step_s: float = STEP_S) -> np.ndarray:
+    "Lead time (minutes, 0 = missed) of every onset of `util >= thr` whose `k` preceding windows are all in `last`."
+    alarm_at = np.zeros(len(util), bool); alarm_at[last[alarm]] = True
+    covered = np.zeros(len(util), bool); covered[last] = True
+    sat = util >= thr
+    leads = []
+    for s in np.flatnonzero(sat[1:] & ~sat[:-1]) + 1:
+        if s - k < 0 or not covered[s - k:s].all(): continue
+        hit = np.flatnonzero(alarm_at[s - k:s])
+        leads.append((k - hit[0]) * step_s / 60 if hit.size else 0.)
+    return np.array(leads)
+
+def train_alarms(df: pd.DataFrame, ks: Sequence[int] = (5, 10, 15), far: float = 0.05, arch: str = 'cnn_lstm', delta: int = 10,
+                 thr: float = 0.9, epochs: int = 5, bs: int = 256, lr: float = 1e-2, seed: int = 0, state: bool = True,
+                 capacity: float | None = None) -> dict:
+    "Link saturation alarms `k` steps ahead for each `k` in `ks`, thresholds at false-alarm rate `far` (validation), scored on test."
+    u = utilisation(df, capacity).to_numpy(); ul = u.max(1)
+    step_s = df.attrs.get('step_s', STEP_S); out = {}
+    for k in ks:
+        wd = prepare(df, delta=delta, horizon=k, state=state)
+        lab = {s: alarm_labels(df, wd.last[s], k, thr, capacity) for s in SPLITS}
+        m = make_model(arch, len(wd.features), delta, 2, 1)
+        f32 = lambda a: a.astype(np.float32)[:, None]
+        train_model(m, wd.X['train'], f32(lab['train']), wd.X['valid'], f32(lab['valid']), epochs=epochs, bs=bs,
+                    loss_func=nn.BCEWithLogitsLoss(), seed=seed, lr=lr)
+        score = {s: 1 / (1 + np.exp(-predict(m, wd.X[s])[:, 0].max(1))) for s in ('valid', 'test')}
+        rows = {}
+        for name, sc in (('model', score), ('util_now', {s: ul[wd.last[s]] for s in ('valid', 'test')})):
+            cut = far_threshold(sc['valid'], lab['valid'].any(1), far)
+            alarm, y = sc['test'] > cut, lab['test'].any(1)
+            leads = onset_leads(alarm, wd.last['test'], ul, k, thr, step_s)
+            rows[name] = {**pr_f1(alarm, y), 'far': float(alarm[~y].mean()), 'threshold': cut, 'alarm': alarm, 'leads': leads,
+                          'onsets': len(leads), 'warned': float((leads > 0).mean()) if len(leads) else float('nan')}
+        out[k] = {**rows, 'labels': lab['test'].any(1), 'last': wd.last['test'], 'score': score['test'], 'positives': float(lab['test'].any(1).mean())}
+    return out
+
 # %% ../../nbs/31_traffic.models.ipynb #cb83fc79
 from fastcore.script import call_parse
 
@@ -305,14 +391,27 @@ def forecast_next(model: nn.Module, wd: WindowData, capacity: float | None = Non
 
 def run_traffic(csv: str, capacity: float = 10e9, model: str = 'cnn_lstm', delta: int = 10, horizon: int = 5,
                 epochs: int = 5, out: str = 'vml-traffic-out', simulate: float = 0., seed: int = 0,
-                resample: bool = False, bs: int = 256, threads: int = 1) -> dict:
-    "Load (or first simulate) a link export, train `model`, score it on the test split, forecast the next steps."
+                resample: bool = False, bs: int = 256, threads: int = 1, records: str = '', markers: str = '') -> dict:
+    "Load (or first simulate) a link export or transfer records, train `model`, score it on the test split, forecast the next steps."
     if model not in ARCHS: raise VMLInputError(f"unknown model {model!r}; choose one of {', '.join(ARCHS)}", field='model')
     for n, v in (('delta', delta), ('horizon', horizon), ('epochs', epochs)):
         if v < 1: raise VMLInputError(f"must be >= 1, got {v}", field=n)
     set_threads(threads)
-    if simulate: save_traffic(simulate_link(days=simulate, seed=seed, capacity=capacity), csv)
-    df = load_traffic(csv, capacity=capacity, resample=resample)
+    if not csv and not records: raise VMLInputError("give a link export (CSV/Parquet) or --records", field='csv')
+    if simulate and records:
+        tab, rec, mk = simulate_transfers(days=simulate, seed=seed, capacity=capacity)
+        save_records(rec, records)
+        if markers: save_records(mk, markers)
+        if csv: save_traffic(tab, csv)
+    elif simulate: save_traffic(simulate_link(days=simulate, seed=seed, capacity=capacity), csv)
+    dropped = {}
+    if records:
+        rec, mk = load_records(records, markers or None)
+        link = load_traffic(csv, capacity=capacity, resample=resample) if csv else None
+        span = {} if link is None else dict(start=link.index[0], end=link.index[-1] + (link.index[-1] - link.index[-2]), traffic=link)
+        df = link_series(rec, markers=mk, **span); dropped = df.attrs['dropped']
+        df.attrs['capacity'] = capacity
+    else: df = load_traffic(csv, capacity=capacity, resample=resample)
     wd = prepare(df, delta=delta, horizon=horizon)
     m = make_model(model, len(wd.features), delta, len(wd.targets), horizon, wd.target_idx)
     with Timer() as tm: train_model(m, wd.X['train'], wd.Y['train'], wd.X['valid'], wd.Y['valid'], epochs=epochs, bs=bs, seed=seed)
@@ -324,30 +423,34 @@ def run_traffic(csv: str, capacity: float = 10e9, model: str = 'cnn_lstm', delta
     fc = forecast_next(m, wd, capacity)
     with atomic_write(o/'forecast.csv') as p: fc.reset_index().to_csv(p, index=False)
     with atomic_write(o/'model.pt') as p: torch.save(m.state_dict(), p)
-    metrics = {'file': str(csv), 'rows': len(df), 'model': model, 'delta': delta, 'horizon': horizon, 'epochs': epochs,
+    metrics = {'file': str(csv), 'records': str(records), 'markers': str(markers), 'dropped': dropped, 'features': wd.features, 'rows': len(df), 'model': model, 'delta': delta, 'horizon': horizon, 'epochs': epochs,
                'train_s': tm.seconds, **{f'test_mse_{k}': v['mse'] for k, v in sc.items()},
                **{f'test_mae_{k}': v['mae'] for k, v in sc.items()},
                'mse_vs_persistence': sc[model]['mse'] / sc['persistence']['mse']}
     save_json(metrics, o/'metrics.json')
     return {'metrics': metrics, 'scores': sc, 'forecast': fc}
 
-@call_parse
+@call_parse(pos=['csv'])
 @cli_errors('vml-traffic')
 def vml_traffic(
-    csv: str,                  # Link export (CSV/Parquet: timestamp + metric columns)
+    csv: str = '',             # Link export (CSV/Parquet: timestamp + metric columns); with --records: link counters for `traffic`
     capacity: float = 10e9,    # Link capacity per direction, bits/s
     model: str = 'cnn_lstm',   # cnn, lstm, cnn_lstm or conv_lstm
     delta: int = 10,           # Input window (steps)
     horizon: int = 5,          # Forecast horizon (steps)
     epochs: int = 5,           # Training epochs
     out: str = 'vml-traffic-out',  # Output folder
-    simulate: float = 0.,      # First write this many simulated days to `csv`
+    simulate: float = 0.,      # First write this many simulated days to `csv` (or to --records/--markers)
     seed: int = 0,             # Random seed
     resample: bool = False,    # Bin to the 2-min grid and interpolate short holes
     threads: int = 1,          # torch threads (small models: 1 is fastest on a shared machine)
+    records: str = '',         # FTS transfer records (CSV/Parquet, `RECORD_COLUMNS`) aggregated by `link_series`
+    markers: str = '',         # Their performance markers (`MARKER_COLUMNS`), optional
 ):
     "Train a traffic forecaster on a link export and forecast the next `horizon` steps."
-    r = run_traffic(csv, capacity, model, delta, horizon, epochs, out, simulate, seed, bool(resample), threads=threads)
+    r = run_traffic(csv, capacity, model, delta, horizon, epochs, out, simulate, seed, bool(resample), threads=threads,
+                    records=records, markers=markers)
+    if records: print(f"records aggregated into {r['metrics']['rows']} steps; left out: {r['metrics']['dropped']}\n")
     print(md_table([{'model': k, **v} for k, v in r['scores'].items()]))
     print(f"\nforecast of the next {horizon} steps -> {Path(out)/'forecast.csv'}")
     print(r['forecast'].to_string(float_format=lambda v: f'{v:.4g}'))
