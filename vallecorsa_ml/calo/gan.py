@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.script import call_parse
 from ..core import (VMLInputError, cli_errors, atomic_write, save_json, seed_everything, cache_dir,
-                                Timer, bench, bench_table, md_table, set_threads, cpu_info)
+                                Timer, bench, bench_table, md_table, set_threads, cpu_info, check_memory, check_output)
 from .geometry import get_geometry, CylMesh, CartMesh
 from .data import (READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_readout, fit_readout,
                                      fit_slice_map, apply_slice_map)
@@ -650,12 +650,16 @@ def load_generator(path, model: str | None = None, **kwargs) -> nn.Module:
     if not isinstance(ck, dict) or 'model_type' not in ck: raise VMLInputError("not a vallecorsa_ml checkpoint (no model_type)", file=path)
     kind = model or ck['model_type']
     if kind not in GENERATORS: raise VMLInputError(f"unknown model {kind!r}; known: {', '.join(GENERATORS)}", file=path, field='model')
+    if kind != ck['model_type'] and ck['model_type'] in GENERATORS:
+        raise VMLInputError(f"is a {ck['model_type']!r} checkpoint, not a {kind!r} one: leave out the model-type override (the file records its type)",
+                            file=path, field='model_type')
     mod, fn = GENERATORS[kind].split(':')
     loader = getattr(importlib.import_module(mod), fn)
     import inspect
     bad = [k for k in kwargs if k not in inspect.signature(loader).parameters]
     if bad: raise VMLInputError(f"option {', '.join('--' + b for b in bad)} does not apply to a {kind!r} checkpoint", file=path, field=bad[0])
-    return loader(ck, **kwargs)
+    try: return loader(ck, **kwargs)
+    except KeyError as e: raise VMLInputError(f"not a complete {kind!r} checkpoint (no {e.args[0]!r})", file=path) from None
 
 # %% ../../nbs/15_calo.gan.ipynb #83fe6368
 @torch.no_grad()
@@ -880,9 +884,11 @@ def _parse_energies(spec: str, n: int, rng) -> np.ndarray:
     s = str(spec)
     if ',' in s:
         unit = 'MeV' if s.lower().endswith('mev') else 'GeV'
-        vals = [parse_energy(v if v.lower().endswith(('mev', 'gev', 'tev')) else v + unit)[0] for v in s.split(',')]
+        if not s.lower().endswith(('mev', 'gev', 'tev')):
+            raise VMLInputError(f"{s!r} has no unit: write it with MeV, GeV or TeV, e.g. 10,50,90GeV", field='--energies')
+        vals = [parse_energy(v if v.lower().endswith(('mev', 'gev', 'tev')) else v + unit, '--energies')[0] for v in s.split(',')]
         return np.resize(np.asarray(vals, np.float64), n)
-    lo, hi = parse_energy(s)
+    lo, hi = parse_energy(s, '--energies')
     return np.exp(rng.uniform(np.log(lo), np.log(hi), n)) if hi > lo else np.full(n, lo)
 
 @call_parse
@@ -910,6 +916,14 @@ def vml_generate(
     if bool(model) == bool(checkpoint): raise VMLInputError("give either --model NAME (a shipped model) or --checkpoint FILE", field='--model')
     if not out: raise VMLInputError("required", field='--out')
     if n is not None and n < 1: raise VMLInputError("must be >= 1", field='n')
+    if conditions and (theta is not None or phi is not None):
+        raise VMLInputError("the angles come from the rows of --conditions: leave out --theta and --phi", field='--theta' if theta is not None else '--phi')
+    inputs = {'--checkpoint': checkpoint, '--conditions': conditions if conditions and Path(conditions).is_file() else None}
+    if model:
+        from vallecorsa_ml.calo.pretrained import model_path
+        inputs['--model'] = model_path(model)
+    check_output(out, inputs=inputs)                # never over the model or the conditions it reads
+    if not conditions: _parse_energies(energies, 1, np.random.default_rng(0)); parse_range(theta, 'theta'); parse_range(phi, 'phi')
     if threads: set_threads(threads)
     cond = showers_from(conditions) if conditions else None
     kw = {k: v for k, v in dict(raw=raw or None, detector=detector, steps=steps).items() if v is not None}
@@ -921,11 +935,18 @@ def vml_generate(
         from vallecorsa_ml.calo.diffusion import DETECTORS
         name = str(conditions).partition(':')[0].replace('-', '_')
         if name in DETECTORS: G.detector = name
+    conds = getattr(getattr(G, 'cfg', None), 'conds', None)          # a 3DGAN's conditions: those it was trained on
+    for opt, v in (('theta', theta), ('phi', phi)):
+        if v is not None and conds is not None and opt not in conds:
+            raise VMLInputError(f"this model was trained without {opt} (its conditions: {', '.join(conds)}): leave --{opt} out", field=f'--{opt}')
+    n_out = (min(n, len(cond)) if n else len(cond)) if cond is not None else (n or 1000)
+    shape = getattr(G, 'shape', None) or getattr(getattr(getattr(G, 'model', None), 'config', None), 'shape', None) or (45, 16, 9)
+    n_cells = int(np.prod(shape))
+    check_memory(2*n_out*n_cells*4, f"{n_out:,} showers of {n_cells:,} cells (float32, twice: the batches and the joined sample)", '--n')
     if cond is not None:
         cond = cond[:n] if n else cond
         E, th, ph = cond.energies, cond.theta, cond.phi
-        conds = getattr(getattr(G, 'cfg', None), 'conds', None)      # a 3DGAN takes only the conditions it was trained on
-        if conds is not None: th, ph = (th if 'theta' in conds else None), (ph if 'phi' in conds else None)
+        if conds is not None: th, ph = (th if 'theta' in conds else None), (ph if 'phi' in conds else None)   # rows of angled showers for a model without angles
     else:
         n = n or 1000
         rng = np.random.default_rng([seed, 7])
