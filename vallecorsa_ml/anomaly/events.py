@@ -9,14 +9,15 @@ from __future__ import annotations
 import os, json, math, time
 from pathlib import Path
 import numpy as np
-from ..core import (VMLInputError, cli_errors, atomic_write, seed_everything, cache_dir, shipped_data)
+from ..core import (VMLInputError, cli_errors, atomic_write, seed_everything, cache_dir, shipped_data,
+                                check_memory, check_output)
 
 # %% auto #0
 __all__ = ['N_CONST', 'IMG_PIX', 'JET_R', 'IMG_HALF', 'JET_FEATURES', 'BASE_SETTINGS', 'PROCESSES', 'BACKGROUNDS', 'SIGNALS',
-           'BACKGROUND_OF', 'EVENT_KEYS', 'UNITS', 'KEY_UNITS', 'SMOKE_FILES', 'process_settings', 'delta_phi',
-           'constituent_list', 'jet_image', 'nsubjettiness', 'softdrop_mass', 'tau21', 'dijet_event', 'generate_many',
-           'generate_events', 'save_events', 'load_events', 'anomaly_protocol', 'event_ranges', 'sample_sizes',
-           'events_file', 'sample_files', 'vml_events']
+           'BACKGROUND_OF', 'EVENT_KEYS', 'UNITS', 'KEY_UNITS', 'SMOKE_FILES', 'EVENT_BYTES', 'process_settings',
+           'delta_phi', 'constituent_list', 'jet_image', 'nsubjettiness', 'softdrop_mass', 'tau21', 'dijet_event',
+           'generate_many', 'generate_events', 'save_events', 'load_events', 'anomaly_protocol', 'event_ranges',
+           'sample_sizes', 'events_file', 'sample_files', 'vml_events']
 
 # %% ../../nbs/20_anomaly.events.ipynb #079c1094
 N_CONST, IMG_PIX, JET_R, IMG_HALF = 100, 32, 0.8, 0.8
@@ -297,6 +298,8 @@ def sample_files(profile: str, seed: int = 0, workers: int = 2, progress: bool =
 # %% ../../nbs/20_anomaly.events.ipynb #49bfec3b
 from fastcore.script import call_parse
 
+EVENT_BYTES = 4*(2*100*3 + 2*32*32 + 2*4 + 2*3 + 1)     # one event over EVENT_KEYS, float32
+
 @call_parse
 @cli_errors('vml-events')
 def vml_events(
@@ -309,6 +312,8 @@ def vml_events(
 ):
     "Generate dijet events with Pythia 8 + FastJet into an HDF5 file."
     if workers < 1: raise VMLInputError("workers must be >= 1", field='workers')
+    check_output(out)
+    check_memory(2*n*EVENT_BYTES, f"{n:,} events of {EVENT_BYTES:,} bytes (twice: the chunks and the joined sample)", '--n')
     data, meta = generate_events(process, n, seed, workers=workers, progress=not quiet)
     save_events(out, data, meta)
     print(f"{out}: {meta['n_events']} {process} events in {meta['seconds']:.1f} s ({meta['events_per_s']:.1f} events/s)")

@@ -10,7 +10,7 @@ import os, io, copy, math, time, html, base64
 from pathlib import Path
 import numpy as np
 from ..core import (VMLInputError, seed_everything, save_json, check_profile, pick, run_folder, save_metrics,
-                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output)
+                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output, check_memory)
 from .geometry import CylMesh, CartMesh, get_geometry
 from .data import (ShowerData, read_showers, load_g4, load_showers, concat_showers, showers_from,
                                      shower_units, to_calochallenge, ENERGY_UNITS)
@@ -603,6 +603,7 @@ def vml_bench_eval(n: int = 10000,     # showers per sample
                    threads: int = 1):  # torch/BLAS threads
     "Benchmark of the evaluation: histogram metrics, FPD and KPD on n vs n dataset-2 showers."
     if n < 100: raise VMLInputError("must be >= 100", field='--n')
+    check_memory(6*n*6480*4, f"2 x {n:,} showers of 6,480 cells (float32, three copies each: drawn, in CaloChallenge units, thresholded)", '--n')
     with limit_threads(threads): res = bench_eval(n, repeats)
     info = cpu_info()
     print(f"# evaluation benchmark: {n} vs {n} dataset-2 showers; {info.get('model', '')}, {info.get('cpus')} CPUs, {threads} thread(s); load average {os.getloadavg()[0]:.1f}")
