@@ -339,6 +339,8 @@ def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_co
         bad = v.isna() & vals[c].notna()
         if bad.any(): _fail(f"non-numeric value {vals[c][bad].iloc[0]!r} in row {int(np.argmax(bad.values))}", path, c)
         vals[c] = v.astype(float)
+        inf = np.isinf(vals[c].values)
+        if inf.any(): _fail(f"infinite value {vals[c].values[inf][0]} in row {int(np.argmax(inf))}", path, c)
         if (vals[c] < 0).any(): _fail(f"negative value {vals[c][vals[c] < 0].iloc[0]} in row {int(np.argmax((vals[c] < 0).values))}", path, c)
     df = vals.set_axis(pd.DatetimeIndex(ts, name=TIME_COL), axis=0)
     dup = df.index.duplicated()
