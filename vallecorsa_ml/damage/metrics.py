@@ -12,8 +12,8 @@ from typing import Sequence, Iterable
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from ..core import VMLInputError, cli_errors, atomic_write, save_json, md_table
-from .data import list_tiles, read_label, tile_masks, DAMAGE_CLASSES
+from ..core import VMLInputError, cli_errors, atomic_write, save_json, md_table, check_output
+from .data import list_tiles, read_label, tile_masks, DAMAGE_CLASSES, UNCLASSIFIED_POLICIES
 
 # %% auto #0
 __all__ = ['PUBLISHED_XBD', 'TABLE_COLUMNS', 'prf1', 'harmonic_f1', 'xview2_rows', 'XView2Score', 'xview2_score', 'xview2_png',
@@ -120,13 +120,26 @@ def xbd_image_id(tile: str) -> str:
     "Image id used in the official PNG names for xBD tile `{disaster}_{id}`: `{disaster}-{id}`."
     return tile.replace('_', '-')
 
-def score_folders(pred_dir: str | os.PathLike, targ_dir: str | os.PathLike) -> dict:
-    "Score official prediction PNGs against official target PNGs (as `xview2_metrics.py` does)."
+def _check_test_hold(test_hold):
+    if test_hold not in ('test', 'hold'):
+        raise VMLInputError(f"unknown value {test_hold!r}: 'test' or 'hold' (the first word of the official PNG names)", field='--test-hold')
+
+def _other_prefix(folder: Path, test_hold: str, role: str) -> str:
+    "' (it holds hold_* ones: --test-hold hold)' when `folder` has the other prefix's PNGs, else ''."
+    o = 'hold' if test_hold == 'test' else 'test'
+    return f" (it holds {o}_* ones: --test-hold {o})" if any(folder.glob(f'{o}_localization_*_{role}.png')) else ''
+
+def score_folders(pred_dir: str | os.PathLike, targ_dir: str | os.PathLike, test_hold: str | None = None) -> dict:
+    "Score official prediction PNGs against official target PNGs (as `xview2_metrics.py` does); with `test_hold`, only the images of that prefix."
     pred_dir, targ_dir = Path(pred_dir), Path(targ_dir)
     for d in (pred_dir, targ_dir):
         if not d.is_dir(): raise VMLInputError("folder not found", file=d)
+    if test_hold is not None:
+        _check_test_hold(test_hold)
+        if not any(targ_dir.glob(f'{test_hold}_localization_*_target.png')):
+            raise VMLInputError(f"no {test_hold}_* target PNGs{_other_prefix(targ_dir, test_hold, 'target')}", file=targ_dir, field='--test-hold')
     s, n = XView2Score(), 0
-    for p in sorted(targ_dir.glob('*_localization_*_target.png')):
+    for p in sorted(targ_dir.glob(f'{test_hold or "*"}_localization_*_target.png')):
         m = _PNG_RE.match(p.name)
         if not m: raise VMLInputError("not an official target name", file=p)
         i, h = m['id'], m['hold']
@@ -148,6 +161,11 @@ def score_against_labels(pred_dir: str | os.PathLike, labels: str | os.PathLike,
     "Score official prediction PNGs against xBD label JSONs (targets rasterised with `damage.data.tile_masks`)."
     pred_dir, root = Path(pred_dir), _labels_root(Path(labels))
     if not pred_dir.is_dir(): raise VMLInputError("folder not found", file=pred_dir)
+    _check_test_hold(test_hold)
+    if unclassified not in UNCLASSIFIED_POLICIES:
+        raise VMLInputError(f"unclassified must be one of {UNCLASSIFIED_POLICIES}, got {unclassified!r}", field='--unclassified')
+    if not any(pred_dir.glob(f'{test_hold}_localization_*_prediction.png')):     # the other prefix's files are never scored
+        raise VMLInputError(f"no {test_hold}_* prediction PNGs{_other_prefix(pred_dir, test_hold, 'prediction')}", file=pred_dir, field='--test-hold')
     tiles = list_tiles(root)
     if not tiles: raise VMLInputError("no '*_post_disaster.json' labels", file=root/'labels')
     nums = [t.rsplit('_', 1)[-1] for t in tiles]
@@ -207,12 +225,19 @@ def vml_damage(
     preds: str,                    # Folder of official prediction PNGs ({test|hold}_{localization|damage}_{id}_prediction.png)
     labels: str,                   # xBD folder with labels/ (or the labels/ folder); official *_target.png files with --targets
     targets: bool = False,         # LABELS holds official target PNGs instead of xBD JSON labels
-    unclassified: str = 'no-damage',  # un-classified buildings: 'no-damage' (class 1) or 'ignore' (not scored)
+    unclassified: str = None,      # xBD labels: un-classified buildings 'no-damage' (class 1, the default) or 'ignore' (not scored)
     out: str = None,               # Write the metrics JSON here
-    test_hold: str = 'test',       # 'test' or 'hold' in the PNG names
+    test_hold: str = None,         # 'test' or 'hold' in the PNG names (default: test; with --targets, both unless given)
 ):
     "Score building-damage predictions with the official xView2 metric."
-    r = score_folders(preds, labels) if targets else score_against_labels(preds, labels, unclassified, test_hold)
+    if test_hold is not None: _check_test_hold(test_hold)
+    if unclassified is not None and unclassified not in UNCLASSIFIED_POLICIES:
+        raise VMLInputError(f"unclassified must be one of {UNCLASSIFIED_POLICIES}, got {unclassified!r}", field='--unclassified')
+    if targets and unclassified is not None:
+        raise VMLInputError("applies to xBD JSON labels; the target PNGs of --targets already hold every building's class", field='--unclassified')
+    if out: check_output(out)
+    r = (score_folders(preds, labels, test_hold) if targets else
+         score_against_labels(preds, labels, unclassified or 'no-damage', test_hold or 'test'))
     print(results_table([table_row(Path(preds).name or 'predictions', r)]))
     keys = ['score', 'damage_f1', 'localization_f1'] + [f'damage_f1_{k}' for k in XView2Score.keys]
     print(json.dumps({k: r[k] for k in keys}))
