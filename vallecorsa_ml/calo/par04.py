@@ -157,7 +157,7 @@ def par04_metadata(path) -> dict:
     import onnx
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
-# %% ../../nbs/19_calo.par04.ipynb #768eedd7
+# %% ../../nbs/19_calo.par04.ipynb #3e29909c
 def par04_input(energies_MeV, theta, phi, slot: int = 0) -> np.ndarray:
     "Par04's `genVector` for CaloDiT-2, one row per particle: `[E/1000, φ, θ, one-hot(slot) of 5]` float32 (N, 8); E in MeV (Geant4's unit)."
     E = np.atleast_1d(np.asarray(energies_MeV, dtype=np.float64))
@@ -214,7 +214,7 @@ def par04_cell_index(positions: np.ndarray, pos0=(0., 0., 0.), direction=(0., 0.
     nr, nphi, nz, dr, dz = (mesh[k] for k in ('n_r', 'n_phi', 'n_z', 'dr_mm', 'dz_mm'))
     d = (np.asarray(positions, dtype=np.float64) - np.asarray(pos0, dtype=np.float64)) @ _rot_inv(direction)   # = rotMatrix·delta
     ir = np.floor(np.hypot(d[:, 0], d[:, 1])/dr).astype(int)
-    ip = np.floor((math.pi + np.arctan2(d[:, 1], d[:, 0]))/(2*math.pi/nphi)).astype(int) % nphi   # atan2 = π lands in bin 0
+    ip = np.floor((math.pi + np.arctan2(d[:, 1], d[:, 0]))/(2*math.pi/nphi)).astype(int) % nphi   # atan2 = π exactly: bin 0 (Par04 would write bin Nφ)
     iz = np.floor(d[:, 2]/dz).astype(int)
     return np.where((ir < nr) & (iz >= 0) & (iz < nz), (iz*nphi + ip)*nr + ir, -1)
 
@@ -248,12 +248,12 @@ def par04_showers(session, data: ShowerData, slot: int = 0, progress: bool = Fal
     return ShowerData((out*to_active).astype(np.float32), np.asarray(data.energies), np.asarray(data.theta), np.asarray(data.phi),
                       data.geometry, dict(model='par04-emulation', slot=int(slot)))
 
-# %% ../../nbs/19_calo.par04.ipynb #f7958022
-def par04_macro(model_path: str = 'MLModels/cd.onnx', library: str = 'ONNX', optimize: bool = False, threads_note: bool = True) -> str:
+# %% ../../nbs/19_calo.par04.ipynb #72f41f6e
+def par04_macro(model_path: str = 'MLModels/cd.onnx', library: str = 'ONNX', optimize: bool = False) -> str:
     "The `/Par04/inference/...` block of a Par04 macro for an exported CaloDiT-2 file (ONNX or TORCH)."
     if library not in ('ONNX', 'TORCH'): raise VMLInputError("library must be 'ONNX' or 'TORCH'", field='library')
     m = PAR04_MESH
-    lines = ['# Inference setup: vallecorsa_ml dit-ds2 exported by `vml-export --format par04-onnx`',
+    lines = [f'# Inference setup: vallecorsa_ml dit-ds2 exported by `vml-export --format par04-{library.lower().replace("torch", "torchscript")}`',
              f'/Par04/inference/setModelPathName {model_path}',
              '/Par04/inference/setModelType CaloDiT-2']
     if library == 'ONNX':
@@ -328,7 +328,7 @@ def op_profile(path, n: int = 5, threads: int = 1, optimize: bool = False, top: 
     Path(f).unlink(missing_ok=True)
     return rows
 
-# %% ../../nbs/19_calo.par04.ipynb #f40989cc
+# %% ../../nbs/19_calo.par04.ipynb #be782baa
 _FORMATS = {'par04-onnx': 'onnx', 'par04-torchscript': 'torchscript'}
 
 @call_parse
@@ -373,7 +373,7 @@ def vml_export(
               f"emulated Par04 call deposits {e.sum()/1e3:.2f} GeV in {int((e > 0).sum())} cells ({energy} energy)")
     else:
         print(f"{f}: {f.stat().st_size/2**20:.1f} MiB, exported in {time.time() - t:.0f} s")
-    print(par04_macro(f.name if format == 'par04-onnx' else f.name, 'ONNX' if format == 'par04-onnx' else 'TORCH'))
+    print(par04_macro(f'MLModels/{f.name}', 'ONNX' if format == 'par04-onnx' else 'TORCH'))
 
 @call_parse
 @cli_errors('vml-bench-par04')
@@ -382,7 +382,7 @@ def vml_bench_par04(
     n: int = 20,              # calls per route
     energy: float = 50.,      # particle energy [GeV]
     onnx: str = None,         # an exported file (default: export to a temporary file first)
-    int8: bool = True,        # also the INT8 route
+    no_int8: bool = False,    # leave out the INT8 route
 ):
     "Speed table of the Par04 graph (ms per shower at batch 1, ONNX Runtime 1/2 threads; PyTorch; INT8; Geant4) and the op profile; CPU model and flags recorded."
     import tempfile as _tf
@@ -394,5 +394,5 @@ def vml_bench_par04(
     if not path.exists(): raise FileNotFoundError(path)
     prov = provenance()
     print(f"# CPU: {prov['cpu']} ({prov.get('cpus')} cpus); ISA: {' '.join(prov.get('isa', []))}; commit {prov['commit']}")
-    print(md_table(bench_par04(G, path, n=n, energy_gev=energy, int8=int8)))
+    print(md_table(bench_par04(G, path, n=n, energy_gev=energy, int8=not no_int8)))
     print(); print(md_table(op_profile(path, n=max(1, n//4))))
