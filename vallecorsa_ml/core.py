@@ -16,8 +16,8 @@ import numpy as np
 __all__ = ['PROFILES', 'CLI_MIN', 'VMLError', 'VMLInputError', 'seed_everything', 'data_dir', 'cache_dir', 'repo_root',
            'shipped_data', 'clean_stale_temporaries', 'atomic_write', 'save_json', 'load_json', 'check_profile', 'pick',
            'run_folder', 'save_metrics', 'BenchResult', 'Timer', 'bench', 'md_table', 'bench_table', 'set_threads',
-           'cpu_info', 'git_commit', 'provenance', 'check_cli_args', 'available_memory', 'check_memory', 'check_output',
-           'Interrupted', 'handle_signals', 'cli_errors']
+           'cpu_info', 'optional_import', 'git_commit', 'provenance', 'check_cli_args', 'available_memory',
+           'check_memory', 'check_output', 'Interrupted', 'handle_signals', 'cli_errors']
 
 # %% ../nbs/00_core.ipynb #2650e9be
 class VMLError(Exception):
@@ -257,17 +257,30 @@ def bench_table(results: Iterable[BenchResult], baseline: str | None = None) -> 
     return md_table(rows)
 
 # %% ../nbs/00_core.ipynb #4c05b8c2
-def set_threads(n: int) -> int:
-    "Set torch intra-op threads and BLAS/OpenMP pools to `n`; return the previous torch setting."
-    import torch
-    if n < 1: raise VMLInputError("threads must be >= 1", field='threads')
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n)
-    except ImportError: pass
-    return prev
+class set_threads(int):
+    """Set torch's intra-op threads and the BLAS/OpenMP pools to `n` now. The value is the previous torch setting
+    (so `prev = set_threads(1); ...; set_threads(prev)` works); used as a context manager, `with set_threads(n):`
+    restores both settings when the block ends. `n=None` changes nothing."""
+    def __new__(cls, n: int | None):
+        import torch
+        prev = torch.get_num_threads()
+        self = super().__new__(cls, prev)
+        self.n, self._limiter = n, None
+        if n is None: return self
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise VMLInputError(f"threads must be an integer >= 1, got {n!r}", field='threads')
+        try:        # the pools first: threadpoolctl records their settings before torch's call changes OpenMP's
+            from threadpoolctl import threadpool_limits
+            self._limiter = threadpool_limits(int(n))
+        except ImportError: pass
+        torch.set_num_threads(int(n))
+        return self
+    def __enter__(self): return self
+    def __exit__(self, *exc):
+        if self.n is None: return
+        import torch
+        if self._limiter is not None: self._limiter.restore_original_limits()
+        torch.set_num_threads(int(self))
 
 def cpu_info() -> dict:
     "A few facts about the machine, for benchmark tables."
@@ -283,6 +296,16 @@ def cpu_info() -> dict:
         import torch; info['torch'] = torch.__version__; info['torch_threads'] = torch.get_num_threads()
     except ImportError: pass
     return info
+
+# %% ../nbs/00_core.ipynb #237b9c94
+def optional_import(module: str, extra: str):
+    "Import `module` (dotted name), or raise `ImportError` naming the extra of `vallecorsa_ml` that installs it."
+    import importlib
+    try: return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        top = module.split('.')[0]
+        if e.name is not None and e.name.split('.')[0] != top: raise      # the package is there but one of its own imports is not
+        raise ImportError(f"{module} is not installed: pip install 'vallecorsa_ml[{extra}]'") from None
 
 # %% ../nbs/00_core.ipynb #7b91a8a0
 def git_commit(root: str | os.PathLike | None = None) -> tuple:
