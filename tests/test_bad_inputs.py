@@ -26,10 +26,11 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from vallecorsa_ml.core import VMLInputError, repo_root
 from vallecorsa_ml.calo.data import load_g4, write_showers, read_showers, load_showers, showers_from, ShowerData
 
-BIN = Path(sys.executable).parent
+from helpers import BIN, run
+
 ROOT = repo_root()
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
-ENV.pop('VML_TRACEBACK', None)
+QUIET = {'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore', 'VML_TRACEBACK': None}    # None: unset
+ENV = {k: v for k, v in {**os.environ, **QUIET}.items() if v is not None}
 
 # ---------------------------------------------------------------------------------------------------------------
 # The table: (id, command and arguments, exit code, text of the error line). `{name}` is a file of the fixture
@@ -256,8 +257,7 @@ def results(inputs):
     t1 = time.time()
     def script(cid):
         argv = _argv(next(c for c in CASES if c[0] == cid), inputs)
-        r = subprocess.run([str(BIN/argv[0])] + argv[1:], capture_output=True, text=True, env=ENV, cwd=d, timeout=300)
-        return cid, r
+        return cid, run(*argv, env=QUIET, cwd=d, timeout=300)
     with cf.ThreadPoolExecutor(2) as ex: scripts = dict(ex.map(script, END_TO_END))
     print(f"{len(CASES)} cases in one process in {t1 - t0:.0f} s (slowest: "
           f"{', '.join(f'{r[0]} {r[1]:.1f} s' for r in sorted(((k, v['seconds']) for k, v in rows.items()), key=lambda x: -x[1])[:3])}); "
@@ -362,7 +362,7 @@ def test_interrupted_checkpoint_write(train_file, tmp_path, sig):
         assert left == tmp, (left, tmp)                    # the write was cut: its temporary stays (nothing can remove it then)
         assert (ck/'last.pt').stat().st_ino == ino        # and never replaced the previous checkpoint,
         step = _load_step(ck/'last.pt')                   # which loads whole
-        r = subprocess.run(_train(train_file, ck, step + 1), env=ENV, capture_output=True, text=True, timeout=300)   # the next run
+        r = run(*_train(train_file, ck, step + 1), env=QUIET, timeout=300)   # the next run
         assert r.returncode == 0, r.stderr[-2000:]
         assert _temporaries(ck) == [] and _load_step(ck/'last.pt') == step + 1   # resumed, and removed what the killed run left
     else:

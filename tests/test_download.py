@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np, pytest
 from vallecorsa_ml.download import PUBLIC
 
-VML = str(Path(sys.executable).parent/'vml-data')
+from helpers import run, one_line_error as _one_line_error
 PAYLOAD = np.random.default_rng(1).bytes(400_000)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
@@ -49,13 +49,10 @@ def env(tmp_path):
     srv.httpd.shutdown(); srv.httpd.server_close()
 
 def sh(e, *args):
-    return subprocess.run([VML, *args], capture_output=True, text=True, env=e, cwd=str(Path(e['VML_DATA']).parent))
+    return run('vml-data', *args, env=e, cwd=Path(e['VML_DATA']).parent)
 
 def one_line_error(r, start):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'vml-data: error: {start}'), r.stderr
-    return lines[0]
+    return _one_line_error(r, 'vml-data', start, at_start=True)
 
 def test_good_fetch_then_path_and_verify(env):
     srv, e, pub, _ = env

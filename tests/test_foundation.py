@@ -5,11 +5,8 @@ import pytest
 from vallecorsa_ml.pipeline import make_test_notebook
 from vallecorsa_ml.core import repo_root
 
-BIN = Path(sys.executable).parent
+from helpers import run, one_line_error
 ROOT = repo_root()
-
-def sh(*args, cwd=None):
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd)
 
 @pytest.fixture
 def nbs(tmp_path):
@@ -21,18 +18,18 @@ def nbs(tmp_path):
     return d
 
 def test_vml_run_end_to_end(nbs, tmp_path):
-    r = sh(BIN/'vml-run', nbs/'10_ok.ipynb', nbs/'11_broken.ipynb', '--profile', 'quick', '--runs', tmp_path/'runs')
+    r = run('vml-run', nbs/'10_ok.ipynb', nbs/'11_broken.ipynb', '--profile', 'quick', '--runs', tmp_path/'runs')
     assert r.returncode == 1, r.stderr           # one notebook failed → non-zero
     assert '11_broken' in r.stderr and 'Traceback' not in r.stderr
-    (run,) = list((tmp_path/'runs').iterdir())
-    assert json.loads((run/'10_ok'/'metrics.json').read_text()) == {'answer': 42}
-    assert (run/'10_ok'/'10_ok.ipynb').exists() and (run/'11_broken'/'11_broken.ipynb').exists()
-    md = (run/'report.md').read_text()
+    (folder,) = list((tmp_path/'runs').iterdir())
+    assert json.loads((folder/'10_ok'/'metrics.json').read_text()) == {'answer': 42}
+    assert (folder/'10_ok'/'10_ok.ipynb').exists() and (folder/'11_broken'/'11_broken.ipynb').exists()
+    md = (folder/'report.md').read_text()
     assert 'FAILED: ZeroDivisionError: division by zero' in md and 'answer=42' in md
-    assert (run/'report.html').read_text().count('<tr>') >= 3
+    assert (folder/'report.html').read_text().count('<tr>') >= 3
 
 def test_vml_run_all_ok_exits_zero(nbs, tmp_path):
-    r = sh(BIN/'vml-run', nbs/'10_ok.ipynb', '--profile', 'smoke', '--runs', tmp_path/'runs')
+    r = run('vml-run', nbs/'10_ok.ipynb', '--profile', 'smoke', '--runs', tmp_path/'runs')
     assert r.returncode == 0, r.stderr
     assert 'report:' in r.stdout and '(1/1 ok)' in r.stdout
 
@@ -41,21 +38,20 @@ def test_vml_run_all_ok_exits_zero(nbs, tmp_path):
     (['does_not_exist.ipynb'], "vml-run: error: does_not_exist.ipynb: notebook not found"),
 ])
 def test_vml_run_bad_input_one_line(args, msg, tmp_path):
-    r = sh(BIN/'vml-run', *args, cwd=tmp_path)
+    r = run('vml-run', *args, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip() == msg and r.stdout == ''
 
 def test_vml_run_no_parameters_cell(nbs, tmp_path):
-    r = sh(BIN/'vml-run', nbs/'12_noparams.ipynb', '--runs', tmp_path/'runs')
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "has no cell tagged 'parameters'" in r.stderr
+    r = run('vml-run', nbs/'12_noparams.ipynb', '--runs', tmp_path/'runs')
+    one_line_error(r, 'vml-run', "has no cell tagged 'parameters'")
 
 def test_every_console_script_has_help():
     from vallecorsa_ml.cli import vml_commands
     cmds = vml_commands()
     assert {'vml-run', 'vml-docs'} <= set(cmds)
     for c in cmds:
-        r = sh(BIN/c, '--help')
+        r = run(c, '--help')
         assert r.returncode == 0 and 'usage:' in r.stdout, (c, r.stderr[-500:])
 
 def test_readme_is_generated_from_index(tmp_path):
@@ -86,7 +82,7 @@ def test_data_folder_is_small_and_added_once():
     total = sum(p.stat().st_size for p in (ROOT/'data').rglob('*') if p.is_file())
     assert total < 100 * 2**20, f"data/ holds {total/2**20:.1f} MB (limit 100 MB)"
     # the rule holds from the commit that brought the Geant4 files in (a2b3b30); READMEs are documentation, not data
-    log = sh('git', 'log', '--format=', '--name-status', 'a2b3b30..HEAD', '--', 'data', cwd=ROOT)
+    log = subprocess.run(['git', 'log', '--format=', '--name-status', 'a2b3b30..HEAD', '--', 'data'], capture_output=True, text=True, cwd=ROOT)
     if log.returncode != 0: pytest.skip('not a git checkout with the full history')
     changed = [l for l in log.stdout.splitlines() if l.startswith('M') and not l.endswith('.md')]
     assert not changed, f"files in data/ were rewritten: {changed}"
