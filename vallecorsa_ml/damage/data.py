@@ -64,7 +64,7 @@ def rasterize(polygons: Sequence, values: Sequence[int] | int, shape: tuple[int,
         out[r0:r1, c0:c1][inside] = v
     return out
 
-# %% ../../nbs/40_damage.data.ipynb #c11847cf
+# %% ../../nbs/40_damage.data.ipynb #b0e6a6ad
 _TILE_RE = re.compile(r'^(?P<tile>.+)_(?P<when>pre|post)_disaster$')
 
 def read_label(path: str | os.PathLike, require_subtype: bool | None = None) -> dict:
@@ -87,6 +87,7 @@ def read_label(path: str | os.PathLike, require_subtype: bool | None = None) -> 
         bld.append({'polygon': g, 'subtype': st, 'uid': props.get('uid', str(i))})
     return {'metadata': meta, 'buildings': bld}
 
+# %% ../../nbs/40_damage.data.ipynb #95a6a601
 def _meta_shape(meta: dict, default):
     try: return int(meta['height']), int(meta['width'])
     except (KeyError, TypeError, ValueError): return default
@@ -102,6 +103,7 @@ def tile_masks(post: dict, pre: dict | None = None, shape: tuple[int, int] | Non
                     [subtype_value(b['subtype'], unclassified) for b in post['buildings']], shape)
     return loc, dmg
 
+# %% ../../nbs/40_damage.data.ipynb #0270058b
 def _read_rgb(path: Path) -> np.ndarray:
     if not path.is_file(): raise VMLInputError("image missing", file=path)
     try:
@@ -135,6 +137,7 @@ def read_tile(root: str | os.PathLike, tile: str, unclassified: str = 'no-damage
     loc, dmg = tile_masks(post_lab, pre_lab, pre.shape[:2], unclassified)
     return {'tile': tile, 'pre': pre, 'post': post, 'loc': loc, 'dmg': dmg, 'metadata': post_lab['metadata']}
 
+# %% ../../nbs/40_damage.data.ipynb #6850e7c5
 def load_xbd(root: str | os.PathLike, tiles: Sequence[str] | None = None, unclassified: str = 'no-damage') -> dict:
     "All (or the given) tiles of an xBD folder stacked: pre/post (N,H,W,3), loc/dmg (N,H,W) uint8, tiles."
     tiles = list_tiles(root) if tiles is None else list(tiles)
@@ -158,7 +161,7 @@ def write_label(path: str | os.PathLike, buildings: Sequence[dict], metadata: di
         ll.append({'properties': dict(props), 'wkt': shapely.to_wkt(_lnglat(b['polygon']), rounding_precision=-1)})
     return save_json({'features': {'lng_lat': ll, 'xy': xy}, 'metadata': dict(metadata)}, path)
 
-# %% ../../nbs/40_damage.data.ipynb #55de586e
+# %% ../../nbs/40_damage.data.ipynb #28823075
 DISASTERS = ('flood', 'fire', 'wind', 'earthquake')
 _ROOFS = np.array([[.62, .25, .20], [.55, .55, .57], [.45, .33, .25], [.85, .84, .80], [.30, .33, .40], [.70, .55, .35]])
 _GROUNDS = np.array([[.50, .45, .33], [.38, .45, .28], [.58, .53, .44], [.45, .42, .36]])
@@ -180,6 +183,7 @@ def _convex_mask(corners, size):
         m &= (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0) > 0
     return m
 
+# %% ../../nbs/40_damage.data.ipynb #1d3d54ae
 def _smooth_noise(rng, size, cells=4):
     "Low-frequency noise in [-1, 1] (bilinear upsampling of a coarse random grid)."
     g = rng.uniform(-1, 1, (cells + 1, cells + 1))
@@ -198,6 +202,7 @@ def _blobs(rng, size, n, rmin, rmax):
         m |= ((xs - cx)**2 + (ys - cy)**2) < (r * wob)**2
     return m
 
+# %% ../../nbs/40_damage.data.ipynb #1d8a69b7
 def synth_tile(rng: np.random.Generator, size: int = 64, disaster: str | None = None,
                class_probs: Sequence[float] = (0.4, 0.2, 0.2, 0.2), p_unclassified: float = 0.0) -> dict:
     "One synthetic pre/post pair → dict(pre, post (S,S,3) uint8, loc, dmg (S,S) uint8, buildings, disaster)."

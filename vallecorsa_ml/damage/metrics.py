@@ -1,4 +1,4 @@
-"""The official xView2 score (F1_oa = 0.3·F1_loc + 0.7·F1_dam), the official prediction/target PNG naming, and `vml-damage`, which scores a folder of predictions against xBD labels.
+"""The official xView2 score (F1_oa = 0.3·F1_loc + 0.7·F1_dam), the official prediction/target PNG naming, and `vml-damage-score`, which scores a folder of predictions against xBD labels.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/damage.metrics.html.md"""
 
@@ -17,10 +17,10 @@ from .data import list_tiles, read_label, tile_masks, DAMAGE_CLASSES, UNCLASSIFI
 
 # %% auto #0
 __all__ = ['PUBLISHED_XBD', 'TABLE_COLUMNS', 'prf1', 'harmonic_f1', 'xview2_rows', 'XView2Score', 'xview2_score', 'xview2_png',
-           'write_xview2_pngs', 'read_xview2_png', 'xbd_image_id', 'score_folders', 'score_against_labels', 'table_row',
+           'xbd_image_id', 'write_xview2_pngs', 'read_xview2_png', 'score_folders', 'score_against_labels', 'table_row',
            'results_table', 'write_xbd_targets', 'vml_damage']
 
-# %% ../../nbs/41_damage.metrics.ipynb #615a60e3
+# %% ../../nbs/41_damage.metrics.ipynb #9aa2375c
 def prf1(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
     "Precision, recall, F1 with the xView2 scorer's conventions (0 when TP = 0)."
     if tp < 0 or fp < 0 or fn < 0: raise VMLInputError("counts must be >= 0", field='counts')
@@ -32,6 +32,7 @@ def harmonic_f1(f1s: Sequence[float], eps: float = 1e-6) -> float:
     "The scorer's harmonic mean `len(f1s) / sum((f1 + eps)**-1)`."
     return float(len(f1s) / sum((f + eps) ** -1 for f in f1s))
 
+# %% ../../nbs/41_damage.metrics.ipynb #6cfab8ce
 def xview2_rows(loc_pred, dmg_pred, loc_targ, dmg_targ) -> tuple[np.ndarray, np.ndarray]:
     "Per-image counts: localization [TP, FN, FP] and damage [TP, FN, FP] × classes 1-4 (every class, present in the target or not)."
     arrs = [np.asarray(a) for a in (loc_pred, dmg_pred, loc_targ, dmg_targ)]
@@ -46,6 +47,7 @@ def xview2_rows(loc_pred, dmg_pred, loc_targ, dmg_targ) -> tuple[np.ndarray, np.
     for c in range(1, 5): drow += [((dp == c) & (dt == c)).sum(), ((dp != c) & (dt == c)).sum(), ((dp == c) & (dt != c)).sum()]
     return lrow, np.array(drow, float)
 
+# %% ../../nbs/41_damage.metrics.ipynb #a0f4a3c9
 class XView2Score:
     "Accumulates xView2 counts over a set of images; `compute()` gives the official numbers (and the counts)."
     keys = ('no_damage', 'minor_damage', 'major_damage', 'destroyed')
@@ -81,7 +83,7 @@ def xview2_score(loc_pred, dmg_pred, loc_targ, dmg_targ) -> dict:
     for a in zip(loc_pred, dmg_pred, loc_targ, dmg_targ): s.update(*a)
     return s.compute()
 
-# %% ../../nbs/41_damage.metrics.ipynb #a98fac58
+# %% ../../nbs/41_damage.metrics.ipynb #df63937f
 _PNG_RE = re.compile(r'^(?P<hold>test|hold)_(?P<kind>localization|damage)_(?P<id>[^_]+)_(?P<role>prediction|target)\.png$')
 
 def xview2_png(folder: str | os.PathLike, img_id: str, kind: str, role: str = 'prediction', test_hold: str = 'test') -> Path:
@@ -91,6 +93,11 @@ def xview2_png(folder: str | os.PathLike, img_id: str, kind: str, role: str = 'p
         raise VMLInputError("kind must be localization/damage, role prediction/target, test_hold test/hold", field='kind')
     return Path(folder)/f'{test_hold}_{kind}_{img_id}_{role}.png'
 
+def xbd_image_id(tile: str) -> str:
+    "Image id used in the official PNG names for xBD tile `{disaster}_{id}`: `{disaster}-{id}`."
+    return tile.replace('_', '-')
+
+# %% ../../nbs/41_damage.metrics.ipynb #d1645f33
 def write_xview2_pngs(folder, img_id: str, loc: np.ndarray, dmg: np.ndarray, role: str = 'prediction',
                       test_hold: str = 'test') -> tuple[Path, Path]:
     "Write the localization and damage PNGs of one image in the official naming (uint8, values 0-4)."
@@ -116,10 +123,7 @@ def read_xview2_png(path: str | os.PathLike) -> np.ndarray:
     if bad: raise VMLInputError(f"values must be 0-4, found {sorted(bad)}", file=path)
     return a
 
-def xbd_image_id(tile: str) -> str:
-    "Image id used in the official PNG names for xBD tile `{disaster}_{id}`: `{disaster}-{id}`."
-    return tile.replace('_', '-')
-
+# %% ../../nbs/41_damage.metrics.ipynb #2d5163df
 def _check_test_hold(test_hold):
     if test_hold not in ('test', 'hold'):
         raise VMLInputError(f"unknown value {test_hold!r}: 'test' or 'hold' (the first word of the official PNG names)", field='--test-hold')
@@ -151,6 +155,7 @@ def score_folders(pred_dir: str | os.PathLike, targ_dir: str | os.PathLike, test
     if n == 0: raise VMLInputError("no '*_localization_*_target.png' files", file=targ_dir)
     return s.compute()
 
+# %% ../../nbs/41_damage.metrics.ipynb #95bca4e4
 def _labels_root(labels: Path) -> Path:
     if (labels/'labels').is_dir(): return labels
     if labels.is_dir() and labels.name == 'labels': return labels.parent
@@ -220,7 +225,7 @@ def write_xbd_targets(labels: str | os.PathLike, folder: str | os.PathLike, uncl
     return out
 
 @call_parse
-@cli_errors('vml-damage')
+@cli_errors('vml-damage-score')
 def vml_damage(
     preds: str,                    # Folder of official prediction PNGs ({test|hold}_{localization|damage}_{id}_prediction.png)
     labels: str,                   # xBD folder with labels/ (or the labels/ folder); official *_target.png files with --targets

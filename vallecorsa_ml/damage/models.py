@@ -27,7 +27,7 @@ __all__ = ['MEAN', 'STD', 'SiameseUNet', 'SiameseTransformer', 'make_model', 'Pa
            'DamageLoss', 'decode', 'XView2Metric', 'BF16', 'damage_learner', 'epochs_for_budget', 'train_damage',
            'predict', 'write_predictions', 'bench_damage', 'vml_damage_bench']
 
-# %% ../../nbs/42_damage.models.ipynb #521b8abe
+# %% ../../nbs/42_damage.models.ipynb #4d6f2a83
 def _conv(ci, co, k=3):
     return nn.Sequential(nn.Conv2d(ci, co, k, padding=k // 2, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
 
@@ -45,6 +45,7 @@ class _Decoder(nn.Module):
             x = self.ups[i](torch.cat([x, feats[i]], 1))
         return x
 
+# %% ../../nbs/42_damage.models.ipynb #e0240605
 class SiameseUNet(nn.Module):
     "Siamese U-Net: one encoder shared by pre and post; localization decoder on pre features, damage decoder on fused (pre, post, post-pre) features. Output (B, 5, H, W): building logit + 4 damage logits."
     def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), n_classes: int = 4, in_ch: int = 3):
@@ -66,6 +67,7 @@ class SiameseUNet(nn.Module):
         dmg = self.head_dmg(self.dec_dmg([m(torch.cat([a, b, b - a], 1)) for m, a, b in zip(self.fuse, fa, fb)]))
         return torch.cat([loc, dmg], 1)
 
+# %% ../../nbs/42_damage.models.ipynb #430f0707
 class SiameseTransformer(nn.Module):
     "Dual-task Siamese transformer (DamFormer-like): a timm hierarchical transformer backbone (`pretrained=False`) shared by both dates, a cross-temporal attention block at the deepest stage, SegFormer-style all-MLP decoders for localization (pre only) and damage (fused), refined at full resolution by a light convolutional stem."
     def __init__(self, backbone: str = 'pvt_v2_b0', dim: int = 64, n_classes: int = 4, stem: int = 16, heads: int = 4):
@@ -109,7 +111,7 @@ def make_model(name: str = 'unet', **kw) -> nn.Module:
     if name == 'transformer': return SiameseTransformer(**kw)
     raise VMLInputError(f"unknown model {name!r}; choose 'unet' or 'transformer'", field='model')
 
-# %% ../../nbs/42_damage.models.ipynb #4be8fb36
+# %% ../../nbs/42_damage.models.ipynb #e0e22a88
 MEAN, STD = 0.5, 0.25
 
 class PairDataset(torch.utils.data.Dataset):
@@ -137,6 +139,7 @@ def damage_dls(train: dict, valid: dict, bs: int = 16, seed: int = 0) -> DataLoa
     dls.n_inp = 2
     return dls
 
+# %% ../../nbs/42_damage.models.ipynb #3a99c24e
 def class_weights(dmg: np.ndarray, power: float = 0.5) -> torch.Tensor:
     "Damage-class weights ∝ (pixel frequency)^-power over building pixels, normalised to mean 1."
     counts = np.array([(dmg == c).sum() for c in range(1, 5)], float) + 1
@@ -160,6 +163,7 @@ class DamageLoss(nn.Module):
         ce = F.cross_entropy(out[:, 1:], tgt, weight=self.weights, ignore_index=-100) if (dmg_t > 0).any() else out.sum() * 0
         return bce + dice + self.w_dmg * ce
 
+# %% ../../nbs/42_damage.models.ipynb #dd37d97b
 def decode(out: torch.Tensor, threshold: float = 0.5, vote: bool = True) -> tuple[np.ndarray, np.ndarray]:
     "Model output (B, 5, H, W) → (loc, dmg) uint8 masks; `vote`: one damage class per predicted building (summed probabilities over its connected pixels)."
     out = out.detach().float()
@@ -175,7 +179,7 @@ def decode(out: torch.Tensor, threshold: float = 0.5, vote: bool = True) -> tupl
             dmg[i] = best[lab]
     return loc.astype(np.uint8), dmg.astype(np.uint8)
 
-# %% ../../nbs/42_damage.models.ipynb #5206c99b
+# %% ../../nbs/42_damage.models.ipynb #cd4101f4
 class XView2Metric(Metric):
     "fastai metric: the official xView2 score (F1_oa) of decoded predictions over the validation set."
     def __init__(self, key: str = 'score', vote: bool = True): self.key, self.vote, self.s = key, vote, XView2Score()
@@ -202,6 +206,7 @@ def damage_learner(model: nn.Module, dls: DataLoaders, weights: torch.Tensor | N
     return Learner(dls, model, loss_func=DamageLoss(weights), wd=wd, cbs=cbs,
                    metrics=[XView2Metric('score'), XView2Metric('localization_f1'), XView2Metric('damage_f1')])
 
+# %% ../../nbs/42_damage.models.ipynb #82fd0971
 def epochs_for_budget(learn: Learner, seconds: float, n_batches: int = 3, max_epochs: int = 200) -> int:
     "Epochs that fit in `seconds`, from the measured time of `n_batches` training steps (weights restored)."
     state = {k: v.clone() for k, v in learn.model.state_dict().items()}
@@ -223,6 +228,7 @@ def train_damage(learn: Learner, epochs: int, lr: float = 3e-3) -> float:
     with Timer() as t: learn.fit_one_cycle(epochs, lr)
     return t.seconds
 
+# %% ../../nbs/42_damage.models.ipynb #b4517842
 @torch.no_grad()
 def predict(model: nn.Module, data: dict, bs: int = 32, vote: bool = True, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
     "Decoded (loc, dmg) uint8 masks (N, H, W) for a `load_xbd`-style dict."
@@ -236,7 +242,7 @@ def predict(model: nn.Module, data: dict, bs: int = 32, vote: bool = True, bf16:
     return np.concatenate(locs), np.concatenate(dmgs)
 
 def write_predictions(folder, data: dict, loc: np.ndarray, dmg: np.ndarray) -> Path:
-    "Write predictions in the official PNG naming (`xbd_image_id` of each tile) so `vml-damage` can score them."
+    "Write predictions in the official PNG naming (`xbd_image_id` of each tile) so `vml-damage-score` can score them."
     for t, l, d in zip(data['tiles'], loc, dmg): write_xview2_pngs(folder, xbd_image_id(t), l, d)
     return Path(folder)
 
