@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Sequence
 import numpy as np
 import pandas as pd
+from ..core import VMLInputError, atomic_write, seed_everything, optional_import
+optional_import('numba', 'traffic')      # the simulator's kernels: a one-line error naming the extra if it is missing
 import numba
-from ..core import VMLInputError, atomic_write, seed_everything
 
 # %% auto #0
 __all__ = ['STEP_S', 'METRICS', 'STATE_METRICS', 'DIRECTIONS', 'COLUMNS', 'STATE_COLUMNS', 'ALL_COLUMNS', 'PROJ_STEPS',
@@ -55,7 +56,7 @@ def waterfill(caps: np.ndarray, budget: float) -> np.ndarray:
     k = int(np.argmax(level <= c))
     return np.minimum(caps, level[k])
 
-# %% ../../nbs/30_traffic.data.ipynb #f8ca53a8
+# %% ../../nbs/30_traffic.data.ipynb #75a24435
 @dataclass
 class DirectionConfig:
     "FTS load of one direction of the link."
@@ -91,6 +92,7 @@ class LinkConfig:
     out: DirectionConfig = field(default_factory=DirectionConfig)
     inn: DirectionConfig = field(default_factory=lambda: DirectionConfig(rate=0.32, phase_h=-3., background=0.1))
 
+# %% ../../nbs/30_traffic.data.ipynb #ba4abdd2
 def _file_sizes(rng, n, cfg):
     "Heavy-tailed file sizes in bytes: log-normal body, Pareto tail."
     s = rng.lognormal(math.log(cfg.size_median), cfg.size_sigma, n)
@@ -118,6 +120,7 @@ def _cycles(t, t_start: pd.Timestamp, d: DirectionConfig):
 
 _NB_CACHE = '__file__' in globals()   # numba can cache compiled kernels only for code that lives in a file
 
+# %% ../../nbs/30_traffic.data.ipynb #c8a326ed
 @numba.njit(cache=_NB_CACHE)
 def _waterfill_nb(caps, n, budget, out):
     "`waterfill` on the first `n` entries of `caps` (numba kernel)."
@@ -147,6 +150,7 @@ def _ar1(e, phi):
         prev = phi * prev + e[i]; y[i] = prev
     return y
 
+# %% ../../nbs/30_traffic.data.ipynb #b63bde3a
 @numba.njit(cache=_NB_CACHE)
 def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na, head, snap, rec):
     """FIFO queue + concurrency limit + max-min fair sharing of `C - background`, one sub-step at a time.
@@ -199,6 +203,7 @@ def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na
     return (fts, act_n, act_size, queued, rem_b, q_b, (done_bits, n_done, inflight, head), (s_act, s_rem, s_na, s_head),
             (start_k, fin_k, mk_id[:nm], mk_q[:nm], mk_b[:nm]))
 
+# %% ../../nbs/30_traffic.data.ipynb #c8b74863
 def _draw_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start) -> dict:
     "All random inputs of one direction: arrival rate and counts, file sizes and rate limits, background."
     S = cfg.substeps; dt = cfg.step_s / S; n_sub = n_steps * S
@@ -223,6 +228,7 @@ def _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg):
             'active_file_size': act_size, 'active_transfers': act_n, 'queued': queued,
             'remaining_bytes': rem_b, 'queued_bytes': q_b}
 
+# %% ../../nbs/30_traffic.data.ipynb #cbbdf4d1
 def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start, snap=None, rec=False):
     S = cfg.substeps; dt = cfg.step_s / S; C = cfg.capacity
     r = _draw_direction(rng, n_steps, cfg, d, t_start)
@@ -236,10 +242,6 @@ def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_sta
                   inflight_moved_bits=float(L[2]), submitted_files=int(r['sizes'].size), started_files=int(L[3]),
                   background_bits=float(bg.sum() * cfg.step_s))
     return cols, ledger, r, state, recs
-
-def simulate_link(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None, **kw) -> pd.DataFrame:
-    "Simulate `days` of an FTS-loaded link, sampled every `cfg.step_s`; returns the export table (`ALL_COLUMNS`)."
-    return _simulate(days, seed, cfg, kw, rec=False)[0]
 
 def _simulate(days, seed, cfg, kw, rec):
     cfg = replace(cfg or LinkConfig(), **kw)
@@ -258,6 +260,10 @@ def _simulate(days, seed, cfg, kw, rec):
     df = pd.DataFrame({c: data[c] for c in ALL_COLUMNS}, index=idx)
     df.attrs.update(capacity=cfg.capacity, step_s=cfg.step_s, source='simulate_link', seed=seed, ledger=ledger)
     return df, raw, cfg, t_start
+
+def simulate_link(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None, **kw) -> pd.DataFrame:
+    "Simulate `days` of an FTS-loaded link, sampled every `cfg.step_s`; returns the export table (`ALL_COLUMNS`)."
+    return _simulate(days, seed, cfg, kw, rec=False)[0]
 
 # %% ../../nbs/30_traffic.data.ipynb #38525127
 def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon: int = 5, n_paths: int = 32,
@@ -309,22 +315,38 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
                 out[i, p][:, cj] = np.stack([cols[m] for m in METRICS + STATE_METRICS], 1)
     return out
 
-# %% ../../nbs/30_traffic.data.ipynb #c95d6e68
+# %% ../../nbs/30_traffic.data.ipynb #33b98c67
 def _fail(msg, path, col=None): raise VMLInputError(msg, file=path, field=col)
 
+_PARQUET = ('.parquet', '.pq')
+
+def _read_table(path: Path) -> pd.DataFrame:
+    "A CSV or Parquet file (by suffix) as read by pandas, or a one-line `VMLInputError` naming it."
+    if not path.exists(): _fail("file not found", path)
+    suf = path.suffix.lower()
+    if suf not in ('.csv', '.txt', '.gz') + _PARQUET: _fail(f"unknown file type {suf!r} (expected .csv or .parquet)", path)
+    if suf in _PARQUET: optional_import('pyarrow', 'traffic')
+    try:
+        return pd.read_parquet(path) if suf in _PARQUET else pd.read_csv(path)
+    except Exception as e:
+        _fail(f"cannot read file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", path)
+
+def _write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    "Write `df` without its index as CSV or Parquet (by suffix), atomically."
+    path = Path(path)
+    if path.suffix.lower() in _PARQUET: optional_import('pyarrow', 'traffic')
+    with atomic_write(path) as tmp:
+        if path.suffix.lower() in _PARQUET: df.to_parquet(tmp, index=False)
+        else: df.to_csv(tmp, index=False)
+    return path
+
+# %% ../../nbs/30_traffic.data.ipynb #3e370e03
 def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_col: str = TIME_COL,
                  rename: dict | None = None, step_s: int = STEP_S, sort: bool = False, resample: bool = False,
                  max_gap: int = 5) -> pd.DataFrame:
     "Read a CSV/Parquet link export into the `ALL_COLUMNS` table, indexed by UTC `timestamp` (strict; see above)."
     path = Path(path)
-    if not path.exists(): _fail("file not found", path)
-    suf = path.suffix.lower()
-    try:
-        if suf in ('.csv', '.txt', '.gz'): raw = pd.read_csv(path)
-        elif suf in ('.parquet', '.pq'): raw = pd.read_parquet(path)
-        else: _fail(f"unknown file type {suf!r} (expected .csv or .parquet)", path)
-    except VMLInputError: raise
-    except Exception as e: _fail(f"cannot read file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", path)
+    raw = _read_table(path)
     if rename: raw = raw.rename(columns=rename)
     if time_col not in raw: _fail(f"no timestamp column (columns: {', '.join(map(str, raw.columns))})", path, time_col)
     unknown = [c for c in raw.columns if c != time_col and c not in ALL_COLUMNS + PROJ_COLUMNS]
@@ -377,12 +399,7 @@ def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_co
 
 def save_traffic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     "Write the table as CSV or Parquet (by suffix), with the `timestamp` column, atomically."
-    path = Path(path)
-    out = df.reset_index().rename(columns={df.index.name or 'index': TIME_COL})
-    with atomic_write(path) as tmp:
-        if path.suffix.lower() in ('.parquet', '.pq'): out.to_parquet(tmp, index=False)
-        else: out.to_csv(tmp, index=False)
-    return path
+    return _write_table(df.reset_index().rename(columns={df.index.name or 'index': TIME_COL}), path)
 
 # %% ../../nbs/30_traffic.data.ipynb #a1c0de02
 SITES = ('CERN-PROD', 'TRIUMF-LCG2')     # the link's two ends: 'out' is first -> second, 'in' the reverse
@@ -414,7 +431,7 @@ def simulate_transfers(days: float = 30, seed: int = 0, cfg: LinkConfig | None =
     for c in ('source', 'destination', 'final_state'): records[c] = records[c].astype('category')
     return df, records, markers
 
-# %% ../../nbs/30_traffic.data.ipynb #a1c0de05
+# %% ../../nbs/30_traffic.data.ipynb #7edb899c
 @numba.njit(cache=_NB_CACHE)
 def _moved_at(ptr, kt, kb, qf, qt, out):
     "Bytes moved by file `qf[i]` at time `qt[i]`: linear interpolation through its knots `kt/kb[ptr[f]:ptr[f+1]]` (sorted)."
@@ -432,6 +449,7 @@ def _moved_at(ptr, kt, kb, qf, qt, out):
             j = lo - 1
             out[i] = kb[j] + (kb[lo] - kb[j]) * ((t - kt[j]) / (kt[lo] - kt[j]))
 
+# %% ../../nbs/30_traffic.data.ipynb #31f6b2bf
 def _utc(x) -> pd.Timestamp:
     "A time as a UTC timestamp (times without a zone are UTC)."
     t = pd.Timestamp(x)
@@ -486,6 +504,7 @@ def _direction_series(r, markers, g0, step, n):
             'active_transfers': active[s], 'queued': queued[s].astype(float), 'remaining_bytes': remaining[s],
             'queued_bytes': queued_b[s], **proj}
 
+# %% ../../nbs/30_traffic.data.ipynb #4583c214
 def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame | None = None, start=None, end=None,
                 sites: Sequence[str] = SITES, traffic: pd.DataFrame | None = None, projections: bool = True) -> pd.DataFrame:
     "Aggregate transfer records (and markers) into the link table (`ALL_COLUMNS`, and `PROJ_COLUMNS`), one row per `step` from `start` to `end`."
@@ -521,16 +540,7 @@ def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame
                     dropped={**dropped, 'other_link': int((~keep).sum())})
     return df
 
-# %% ../../nbs/30_traffic.data.ipynb #a1c0de0b
-def _read_table(path: Path):
-    if not path.exists(): _fail("file not found", path)
-    suf = path.suffix.lower()
-    try:
-        if suf in ('.csv', '.txt', '.gz'): return pd.read_csv(path)
-        if suf in ('.parquet', '.pq'): return pd.read_parquet(path)
-    except Exception as e: _fail(f"cannot read file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", path)
-    _fail(f"unknown file type {suf!r} (expected .csv or .parquet)", path)
-
+# %% ../../nbs/30_traffic.data.ipynb #b3c694e6
 def _times(raw, col, path, required=True):
     "UTC times of column `col` (strings without a zone are UTC); empty cells allowed unless `required`."
     v = raw[col]; empty = v.isna() | (v.astype(str).str.strip() == '')
@@ -542,6 +552,7 @@ def _times(raw, col, path, required=True):
 def _row_err(mask, path, col, what):
     if mask.any(): i = int(np.argmax(np.asarray(mask))); _fail(f"{what} in row {i}", path, col)
 
+# %% ../../nbs/30_traffic.data.ipynb #4555df2c
 def load_records(path: str | os.PathLike, markers: str | os.PathLike | None = None, sort: bool = False):
     "Read FTS transfer records (and optionally their markers) from CSV/Parquet: `(records, markers or None)`, strict."
     path = Path(path); raw = _read_table(path)
@@ -589,13 +600,9 @@ def load_records(path: str | os.PathLike, markers: str | os.PathLike | None = No
 
 def save_records(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     "Write records or markers as CSV or Parquet (by suffix), times in ISO-8601 UTC, atomically."
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        if path.suffix.lower() in ('.parquet', '.pq'): df.to_parquet(tmp, index=False)
-        else: df.to_csv(tmp, index=False)
-    return path
+    return _write_table(df, path)
 
-# %% ../../nbs/30_traffic.data.ipynb #eaf35bfd
+# %% ../../nbs/30_traffic.data.ipynb #81ba0114
 def make_windows(n: int, delta: int, horizon: int, start: int = 0, stop: int | None = None):
     "Index arrays `(inputs (m, delta), targets (m, horizon))` of all windows lying inside rows `[start, stop)` of `n`."
     stop = n if stop is None else stop
@@ -612,6 +619,7 @@ def chrono_split(n: int, fracs: Sequence[float] = (0.7, 0.15, 0.15)) -> list[tup
 
 LOG_METRICS = ('active_file_size', 'active_transfers', 'queued', 'remaining_bytes', 'queued_bytes')
 
+# %% ../../nbs/30_traffic.data.ipynb #bed64b73
 @dataclass
 class Scaler:
     "Per-column standardisation (after `log1p` for `log_cols`), fit on training rows only."
@@ -639,6 +647,7 @@ class Scaler:
         m = np.array([c in self.log_cols for c in cols])
         v[..., m] = np.expm1(v[..., m]); return v
 
+# %% ../../nbs/30_traffic.data.ipynb #fc18483d
 def calendar_features(index: pd.DatetimeIndex) -> np.ndarray:
     "Hour-of-day (sin, cos) and weekend flag, float32 (n, 3)."
     h = (index.hour + index.minute / 60) * 2 * np.pi / 24
