@@ -114,6 +114,7 @@ def _need(f, key, path):
     if d.ndim == 0: raise VMLInputError("is a single value, expected one per shower", file=path, field=key)
     return d
 
+# %% ../../nbs/11_calo.data.ipynb #c48b34f4
 @contextlib.contextmanager
 def _reading(path):
     "h5py's errors on a damaged file (truncated data, broken metadata) → one-line `VMLInputError`."
@@ -147,6 +148,7 @@ def _geometry_of(f, n_cells_or_shape, geometry, path, key):
         raise VMLInputError(f"{n_cells_or_shape} cells do not match geometry {g.name} ({g.n_cells} cells, {g.shape})", file=path, field=key)
     return g
 
+# %% ../../nbs/11_calo.data.ipynb #8f79309b
 def _layout(f, path, geometry=None):
     "Format, keys, N and geometry of an open file, with the structural checks."
     fmt = _fmt_of(f, path)
@@ -183,6 +185,7 @@ def _check_values(a, path, key, negative_ok=False):
         bad = np.argwhere(a.reshape(len(a), -1) < 0)[0][0]
         raise VMLInputError(f"contains negative energies (first in row {bad}, min {a.min():.4g})", file=path, field=key)
 
+# %% ../../nbs/11_calo.data.ipynb #9f667f47
 def read_showers(path, geometry=None, start: int = 0, stop: int | None = None, check: bool = True) -> ShowerData:
     "Read rows `start:stop` of a CaloChallenge or 3DGAN HDF5 file as `ShowerData` (MeV, rad), validating them."
     path = Path(path)
@@ -250,6 +253,7 @@ def _check_sf(v, field: str = '--sampling-fraction') -> float:
 
 def _default_sf(units: str) -> float: return SAMPLING_FRACTION if units == 'raw' else CALOCHALLENGE_SAMPLING_FRACTION
 
+# %% ../../nbs/11_calo.data.ipynb #a8781c51
 def recorded_units(data: ShowerData) -> dict | None:
     "The convention `data` records (its `vml_units` attribute, or a producer known by its attributes): dict(units, sampling_fraction, how), or None."
     a = data.attrs
@@ -267,6 +271,7 @@ def median_response(data: ShowerData) -> float:
     "Median over the sample of E_tot/E_inc, in the sample's own units."
     return float(np.median(data.flat.sum(1, dtype=np.float64)/data.energies))
 
+# %% ../../nbs/11_calo.data.ipynb #0ffb4668
 def shower_units(data: ShowerData, declared: str | None = None, sampling_fraction: float | None = None,
                  fallback: dict | None = None) -> dict:
     """Energy convention of `data`: dict(units='raw'|'calochallenge', sampling_fraction, how). A recorded one wins (with
@@ -371,6 +376,7 @@ def load_g4(kind: str = 'electrons', split: str = 'train', n: int | None = None)
         raise VMLInputError(f"n must be in [1, {stop - start}] (the {split} rows of {kind}), got {n}", field='n')
     return load_showers(G4_DATASETS[kind], split, 0, n, 'ds2')
 
+# %% ../../nbs/11_calo.data.ipynb #102ae4c9
 def load_showers(data: str = 'g4-electrons', split: str | None = None, start: int = 0, stop: int | None = None,
                  geometry=None) -> ShowerData:
     """Showers from a shipped dataset by name (rows of its `split`, default 'train'; `start`/`stop` count within the
@@ -433,6 +439,7 @@ def _lib(x):
     except ImportError: pass
     return np
 
+# %% ../../nbs/11_calo.data.ipynb #7eca0279
 class EincScale(ShowerTransform):
     "x / (E_inc / `unit`)  (unit in MeV; default 1 → fractions of the incident energy)."
     def __init__(self, unit: float = 1.0): self.unit = unit
@@ -450,6 +457,7 @@ class LogTransform(ShowerTransform):
         floor = max(self.threshold, 0.0) + self.eps*1e-3   # anything that encodes below the threshold is a zero cell
         return L.where(x < floor if self.threshold > 0 else x <= self.eps*1e-3, 0*x, x)
 
+# %% ../../nbs/11_calo.data.ipynb #2f0d8782
 class PowerTransform(ShowerTransform):
     "x ** p (3DGAN: p = 0.85); decode: y ** (1/p)."
     def __init__(self, p: float = 0.85): self.p = p
@@ -520,6 +528,7 @@ def readout_view(x: torch.Tensor, geometry) -> torch.Tensor:
     if isinstance(g, CylMesh): return x.reshape(-1, *g.shape)                    # -1, not len(x): ONNX keeps the batch dynamic
     return x.reshape(-1, g.shape[0], 1, math.prod(g.shape[1:]))
 
+# %% ../../nbs/11_calo.data.ipynb #00fc31b4
 def cell_map(e: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Monotone piecewise-linear map of the log energy of every non-zero cell of `e` (B, A, S, C) [MeV], knots `q` → `r`
     (B, A, C, K) per position, each increasing; beyond the last knot a shift, below the first the first value. Zeros
@@ -539,6 +548,7 @@ def apply_readout(e: torch.Tensor, bins: torch.Tensor, thr: torch.Tensor, q: tor
     e = torch.where(e >= thr[bins][:, :, None, :], e, torch.zeros_like(e))
     return e if q is None else cell_map(e, q[bins], r[bins])
 
+# %% ../../nbs/11_calo.data.ipynb #6a1c5634
 @torch.no_grad()
 def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, ref_bins: torch.Tensor, thr: float = 5e-4,
                 n_bins: int = len(READOUT_EDGES) - 1, min_showers: int = 20, min_cells: int = 64, value_map: bool = True) -> dict:

@@ -72,6 +72,7 @@ def transverse_profile(data: ShowerData, threshold: float = 0.0) -> dict:
     if isinstance(g, CylMesh): return dict(r=s.sum((1, 2)))
     return dict(x=s.sum((2, 3)), y=s.sum((1, 3)))
 
+# %% ../../nbs/13_calo.features.ipynb #8a53c586
 def shower_moments(data: ShowerData, orders=(1, 2), threshold: float = 0.0) -> dict:
     "Energy-weighted moments along each axis: order 1 = mean position [mm], order n ≥ 2 = n-th central moment [mmⁿ]."
     g, s = data.geometry, data.showers.astype(np.float64)
@@ -96,6 +97,7 @@ def shower_max(profile) -> float:
     d = a - 2*b + c
     return float(i + (0.5*(a - c)/d if d != 0 else 0.0))
 
+# %% ../../nbs/13_calo.features.ipynb #807a5d7a
 def relative_width(data: ShowerData, bins=None, threshold: float = 0.0) -> dict:
     "σ/μ of the deposited energy in bins of incident energy (MeV; default: 6 log bins over the sample)."
     e = data.energies; dep = _layers(data, threshold).sum((1, 2))

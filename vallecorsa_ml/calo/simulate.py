@@ -166,6 +166,7 @@ def _phi_bin_cos(mesh):
     e = mesh.phi_edges
     return (np.sin(e[1:]) - np.sin(e[:-1]))/mesh.dphi
 
+# %% ../../nbs/12_calo.simulate.ipynb #4b879339
 def _simulate_chunk(E, theta, det, mesh, rng, particle):
     "Simulate showers with energies `E` [MeV] and polar angles `theta`; flat (n, n_cells) float32 array [MeV]."
     n = len(E)
@@ -262,6 +263,7 @@ def _simulate_chunk(E, theta, det, mesh, rng, particle):
             np.add.at(out, np.flatnonzero(ok)*mesh.n_cells + loc[ok], mip[ok].astype(np.float32))
     return out.reshape(n, mesh.n_cells)
 
+# %% ../../nbs/12_calo.simulate.ipynb #f24151f6
 def simulate(energies, particle='e-', geometry='ds2', theta=None, phi=None, detector='w_si', seed: int = 0,
              chunk: int = 256, progress: bool | None = None) -> ShowerData:
     "Simulate showers of `particle` with incident `energies` [MeV] (and angles [rad], Par04 convention) on `geometry`."
@@ -320,6 +322,7 @@ def _long_stats(E, layers, det, dt, edges):
         rows.append([ly[m].mean(), m.sum(), np.exp(lt.mean()), lt.std(), np.exp(la.mean()), la.std(), np.corrcoef(lt, la)[0, 1]])
     return np.array(rows)
 
+# %% ../../nbs/12_calo.simulate.ipynb #d6c65e90
 def _linfit(x, y, w):
     A = np.stack([np.ones_like(x), x], 1)*np.sqrt(w)[:, None]
     return tuple(np.linalg.lstsq(A, y*np.sqrt(w), rcond=None)[0])
@@ -351,6 +354,7 @@ def fit_longitudinal(E, layers, det: Detector, mesh='ds2', iterations: int = 2, 
         cur[:, [1, 3]] *= target[:, [1, 3]]/got[:, [1, 3]]
     return det
 
+# %% ../../nbs/12_calo.simulate.ipynb #d2e75776
 def _radial_pred(q, det, t, tc, lE, r_edges):
     "Mean in-mesh ring fractions per layer predicted by radial coefficients `q` for bins of mean t_c and ln E."
     d = replace(det, radial=tuple(q))
@@ -382,6 +386,7 @@ def fit_radial(E, showers, det: Detector, mesh='ds2', n_bins: int = 6, max_nfev:
     res = least_squares(resid, np.array(det.radial, float), max_nfev=max_nfev)
     return replace(det, radial=tuple(float(v) for v in res.x))
 
+# %% ../../nbs/12_calo.simulate.ipynb #ac6e5c99
 def phi_asymmetry(showers, mesh='ds2', rings=None, per_ring: bool = False):
     "Per shower (E[+z_beam half] - E[other half]) / E on a `CylMesh` (README convention: + half = phi bins around ±pi)."
     mesh = get_geometry(mesh)
@@ -421,6 +426,7 @@ def fit_angles(E, showers, theta, det: Detector, mesh='ds2', particle='gamma', s
             det = replace(det, photon_delay=float(det.photon_delay + tc_ref - tc_sim))
     return det
 
+# %% ../../nbs/12_calo.simulate.ipynb #5e8d8f51
 def fit_tail(E, layers, det: Detector, mesh='ds2', t_deep: float = 28.0, seed: int = 0):
     "Fit the fraction `tail[0]` of the slow component (`tail[1]` times slower) to the mean energy share beyond `t_deep` X0."
     mesh = get_geometry(mesh)
@@ -453,6 +459,7 @@ def fit_entrance(E, showers, det: Detector, mesh='ds2', mip: float = SI_MIP_PER_
     c = max(float(c), 0.0)
     return replace(det, entrance=(float(mip), c, float(np.exp(-b/c)) if c > 0 else 1e9))
 
+# %% ../../nbs/12_calo.simulate.ipynb #3e587a32
 def calibrate(E, showers, base: Detector, mesh='ds2', iterations: int = 2, seed: int = 0, max_nfev: int = 200):
     "Calibrate radial, longitudinal, sampling-fraction and resolution parameters of `base` to normal-incidence reference electrons."
     mesh = get_geometry(mesh)
