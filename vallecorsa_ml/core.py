@@ -63,6 +63,7 @@ def cache_dir(*parts: str) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
+# %% ../nbs/00_core.ipynb #53c1fe19
 def repo_root() -> Path | None:
     "The checkout this package was imported from (has `pyproject.toml` and `data/`), or None for a plain install."
     import vallecorsa_ml
@@ -109,6 +110,7 @@ def clean_stale_temporaries(path: str | os.PathLike, legacy_age_s: float = 3600.
         except OSError: pass
     return removed
 
+# %% ../nbs/00_core.ipynb #8b42372b
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, suffix: str | None = None):
     """Context manager yielding a temporary path beside `path`; renamed onto `path` only on success (the previous
@@ -132,6 +134,7 @@ def atomic_write(path: str | os.PathLike, suffix: str | None = None):
         tmp.unlink(missing_ok=True)
         raise
 
+# %% ../nbs/00_core.ipynb #ef80cb12
 def _json_default(o):
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return o.tolist()
@@ -175,6 +178,7 @@ def pick(profile: str, smoke: Any, quick: Any, full: Any | None = None) -> Any:
     check_profile(profile)
     return {'smoke': smoke, 'quick': quick, 'full': quick if full is None else full}[profile]
 
+# %% ../nbs/00_core.ipynb #5974dc41
 def run_folder(out_dir: str | os.PathLike | None, name: str) -> Path:
     "The output folder of notebook `name`: `out_dir` when given, else `<cache>/runs/interactive/<name>` (created)."
     p = Path(out_dir) if out_dir else data_dir()/'runs'/'interactive'/name
@@ -217,6 +221,7 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
         self.cpu_seconds = time.process_time() - self.c0
 
+# %% ../nbs/00_core.ipynb #9d72538c
 def bench(fn: Callable[[], Any], items: int = 1, name: str = '', warmup: int = 1, repeats: int = 5,
           min_time: float = 0.0, **extra) -> BenchResult:
     "Call `fn()` `warmup` times untimed, then `repeats` times (more until `min_time` s total); median → items/s."
@@ -230,6 +235,7 @@ def bench(fn: Callable[[], Any], items: int = 1, name: str = '', warmup: int = 1
         if len(times) >= 1000: break
     return BenchResult(name or getattr(fn, '__name__', 'fn'), items, times, dict(extra))
 
+# %% ../nbs/00_core.ipynb #2fba3167
 def _fmt(v):
     if isinstance(v, float):
         if v == 0 or not math.isfinite(v): return str(v)
@@ -352,6 +358,7 @@ def check_cli_args(func: Callable, args: tuple = (), kwargs: dict | None = None,
             kind = 'a positive integer' if minimum[name] == 1 else 'a non-negative integer' if minimum[name] == 0 else 'an integer'
             raise VMLInputError(f"must be >= {minimum[name]} ({kind}), got {v}", field=opt)
 
+# %% ../nbs/00_core.ipynb #83ee3b2a
 def _gib(b: float) -> str: return f"{b/2**30:,.1f} GiB" if b >= 2**30 else f"{b/2**20:,.0f} MiB"
 
 def available_memory() -> int | None:
@@ -377,6 +384,7 @@ def check_memory(nbytes: float, what: str, field: str | None = None, fraction: f
     if avail is not None and nbytes > fraction*avail:
         raise VMLInputError(f"{what} need about {_gib(nbytes)} of memory, {_gib(avail)} available: ask for fewer", field=field)
 
+# %% ../nbs/00_core.ipynb #686fd41e
 def check_output(path: str | os.PathLike, field: str = '--out', inputs: dict | None = None, folder: bool = False,
                  force: bool | None = None, marker: str | None = None) -> Path:
     """Check an output path before any work: a file (`folder=False`) must not be a directory nor one of `inputs`
@@ -396,6 +404,7 @@ def check_output(path: str | os.PathLike, field: str = '--out', inputs: dict | N
                 raise VMLInputError(f"is the input of {opt}: writing there would destroy it; choose another file", file=p, field=field)
     return p
 
+# %% ../nbs/00_core.ipynb #b0603427
 class Interrupted(KeyboardInterrupt):
     "What SIGTERM and SIGHUP raise inside a `cli_errors` command: Ctrl-C's `KeyboardInterrupt`, so that the same clean-up runs."
     def __init__(self, signum: int = signal.SIGINT):
@@ -418,6 +427,7 @@ def handle_signals():
     finally:
         for s, h in prev.items(): signal.signal(s, h)
 
+# %% ../nbs/00_core.ipynb #8d423f34
 _USER_ERRNO = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EEXIST, errno.EROFS, errno.ENAMETOOLONG}
 
 def _internal_error(prog: str, e: BaseException) -> str:
@@ -464,4 +474,3 @@ def cli_errors(prog: str):
                 fail(f"internal error {type(e).__name__}: {first}" + (f" (a bug; traceback in {log})" if log else " (a bug)"), 1)
         return _inner
     return deco
-
