@@ -53,7 +53,7 @@ def test_cli_targets_mode_matches_labels_mode(xbd, tmp_path):
 
 def test_cli_bad_input_one_line_exit_2(xbd, tmp_path):
     r = run(tmp_path/'nope', xbd/'xbd')
-    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'vml-damage: error:' in r.stderr
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'vml-damage-score: error:' in r.stderr
     bad = tmp_path/'bad'; shutil.copytree(xbd/'perfect', bad)
     f = sorted(bad.glob('*_damage_*'))[0]
     Image.fromarray(np.full((64, 64), 9, np.uint8)).save(f)

@@ -94,7 +94,7 @@ class AELoss(nn.Module):
         if logvar is not None: loss = loss + self.beta * kl_normal(mu, logvar)
         return loss.mean()
 
-# %% ../../nbs/21_anomaly.autoencoder.ipynb #ef853dc0
+# %% ../../nbs/21_anomaly.autoencoder.ipynb #54d4aab8
 class torch_threads:
     "Context manager running torch with `n` intra-op threads (restored afterwards)."
     def __init__(self, n: int | None): self.n = n
@@ -132,6 +132,7 @@ def _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, va
     hist = [dict(epoch=i, train_loss=float(v[0]), valid_loss=float(v[1])) for i, v in enumerate(learn.recorder.values)]
     return model.eval(), hist
 
+# %% ../../nbs/21_anomaly.autoencoder.ipynb #4ab9068f
 def ae_scores(model: ParticleAE, constituents: np.ndarray, bs: int = 2048, threads: int | None = 1) -> dict:
     "Per event (N, 2, 100, 3), pT in GeV: latent μ (N, 2, ℓ), reconstruction Chamfer loss and KL summed over both jets."
     c = np.asarray(constituents, np.float32)
@@ -150,6 +151,7 @@ def _ae_scores(model, c, bs):
     return dict(latent=torch.cat(lat).reshape(n, 2, -1).numpy(), reco=torch.cat(rec).reshape(n, 2).sum(1).numpy(),
                 kl=torch.cat(kl).reshape(n, 2).sum(1).numpy())
 
+# %% ../../nbs/21_anomaly.autoencoder.ipynb #2af4041b
 def _ae_cache_path(qcd_file, n_train, latent, variational, epochs, seed):
     qcd_file = Path(qcd_file)
     key = json.dumps(dict(f=qcd_file.name, size=qcd_file.stat().st_size, n=n_train, l=latent, v=variational, e=epochs, s=seed, a='linear'))
@@ -170,6 +172,7 @@ def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: boo
     with atomic_write(path, suffix='.pt') as tmp: torch.save(dict(state=m.state_dict(), history=hist, key=key), tmp)
     return m, hist
 
+# %% ../../nbs/21_anomaly.autoencoder.ipynb #e900b002
 def _train_job(kw: dict) -> int:
     cached_autoencoder(**kw); return 1
 
@@ -188,4 +191,3 @@ def train_autoencoders(jobs: list, workers: int = 2) -> int:
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context('spawn')) as ex:
             return sum(ex.map(job, todo))
     return sum(_train_job(j) for j in todo)
-

@@ -63,7 +63,7 @@ def process_settings(process: str, seed: int = 0) -> list[str]:
         raise VMLInputError(f"seed must be an integer in [0, 900000000], got {seed!r}", field='seed')
     return [*BASE_SETTINGS, "Random:setSeed = on", f"Random:seed = {int(seed)}", *PROCESSES[process]['settings']]
 
-# %% ../../nbs/20_anomaly.events.ipynb #45f9730b
+# %% ../../nbs/20_anomaly.events.ipynb #314fd051
 def delta_phi(a, b):
     "φ_a − φ_b wrapped into [−π, π)."
     return (np.asarray(a) - np.asarray(b) + np.pi) % (2 * np.pi) - np.pi
@@ -84,17 +84,14 @@ def jet_image(consts: np.ndarray, npix: int = IMG_PIX, half: float = IMG_HALF) -
     img, _, _ = np.histogram2d(consts[:, 1], consts[:, 2], bins=(edges, edges), weights=consts[:, 0])
     return img.astype(np.float32)
 
+# %% ../../nbs/20_anomaly.events.ipynb #792cba31
 def nsubjettiness(pt, eta, phi, axes_eta, axes_phi, R0: float = JET_R) -> float:
     "τ_N (β = 1): Σ pT_i min_k ΔR(i, axis_k) / (Σ pT_i R0)."
     pt, eta, phi = map(np.asarray, (pt, eta, phi))
     dr = np.sqrt((eta[:, None] - np.asarray(axes_eta)[None]) ** 2 + delta_phi(phi[:, None], np.asarray(axes_phi)[None]) ** 2)
     return float((pt * dr.min(1)).sum() / (pt.sum() * R0))
 
-# %% ../../nbs/20_anomaly.events.ipynb #d94b1b92
-def _pj(px, py, pz, e):
-    import fastjet as fj
-    return [fj.PseudoJet(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(px, py, pz, e)]
-
+# %% ../../nbs/20_anomaly.events.ipynb #5908c9b5
 def softdrop_mass(constituents, zcut: float = 0.1, beta: float = 0.0, R0: float = JET_R) -> float:
     "Soft-drop groomed mass (Larkoski et al. 2014): C/A declustering, drop the softer branch while z < zcut (ΔR/R0)^β."
     import fastjet as fj
@@ -125,6 +122,11 @@ def tau21(constituents, R0: float = JET_R) -> float:
         taus.append(nsubjettiness(pt, eta, phi, [a.rap() for a in ax], [a.phi() for a in ax], R0))
     return taus[1] / taus[0] if taus[0] > 0 else 1.0
 
+# %% ../../nbs/20_anomaly.events.ipynb #d13d2c55
+def _pj(px, py, pz, e):
+    import fastjet as fj
+    return [fj.PseudoJet(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(px, py, pz, e)]
+
 def dijet_event(px, py, pz, e, pt_min: float = 200., eta_max: float = 2.5):
     "Cluster one event (anti-kT R = 0.8); return the two leading jets' constituents, images, features, pT/η/φ and mjj, or None."
     import fastjet as fj
@@ -143,7 +145,7 @@ def dijet_event(px, py, pz, e, pt_min: float = 200., eta_max: float = 2.5):
     return dict(constituents=np.stack(consts), images=np.stack(imgs), jet_features=np.array(feats, np.float32),
                 jet_kinematics=np.array(kin, np.float32), mjj=np.float32(max(jj.m(), 0.0)))
 
-# %% ../../nbs/20_anomaly.events.ipynb #703c1db0
+# %% ../../nbs/20_anomaly.events.ipynb #6a63c8cd
 EVENT_KEYS = ('constituents', 'images', 'jet_features', 'jet_kinematics', 'mjj')
 # Units: GeV for energies, momenta and masses (the reference's convention; the calorimeter wing uses MeV), radians for angles
 UNITS = 'GeV'
@@ -174,6 +176,7 @@ def _generate_chunk(args):
     sigma = p.infoPython().sigmaGen()
     return {k: np.stack([o[k] for o in out]) if out else np.zeros((0,)) for k in EVENT_KEYS}, tries, sigma, time.perf_counter() - t0
 
+# %% ../../nbs/20_anomaly.events.ipynb #5c9c5480
 def generate_many(requests, workers: int = 2, chunk: int = 200, progress: bool = True) -> list:
     "Generate several samples, `requests` = [(process, n, seed), ...], in one pool of `workers` processes: [(data, meta), ...]."
     plans = []
@@ -216,8 +219,7 @@ def generate_events(process: str, n: int, seed: int = 0, workers: int = 2, chunk
     "Generate `n` dijet events of `process` with Pythia 8 + FastJet (GeV, rad), in seeded chunks spread over `workers` processes."
     return generate_many([(process, n, seed)], workers=workers, chunk=chunk, progress=progress)[0]
 
-
-# %% ../../nbs/20_anomaly.events.ipynb #0fa19faf
+# %% ../../nbs/20_anomaly.events.ipynb #bbb5186b
 def save_events(path, data: dict, meta: dict) -> Path:
     "Write events to HDF5 (gzip), settings, provenance and units (file attribute `units` = 'GeV', per-key `units`) as attributes (atomic)."
     import h5py
@@ -256,6 +258,7 @@ def load_events(path, keys=EVENT_KEYS) -> tuple[dict, dict]:
         if not np.all(np.isfinite(v)): raise VMLInputError("contains NaN or inf", file=path, field=k)
     return data, meta
 
+# %% ../../nbs/20_anomaly.events.ipynb #a17f1b1b
 def anomaly_protocol(profile: str) -> dict:
     """Sizes of the study per profile. Each QCD sample (`BACKGROUNDS`) is used in order: the first `n_ae` events train
     that sample's autoencoders, the next `n_km` the kernel machines, the next `n_test` are test background; signals give `n_test`."""
@@ -274,6 +277,7 @@ def sample_sizes(profile: str) -> dict:
     "Events needed per process for `profile` (the end of its last range)."
     return {p: max(s.stop for s in r.values()) for p, r in event_ranges(profile).items()}
 
+# %% ../../nbs/20_anomaly.events.ipynb #fbe8a278
 def events_file(process: str, n: int, seed: int = 0, workers: int = 2, progress: bool = False) -> Path:
     "Path of a cached generated sample (`cache_dir('anomaly')`), generating it first when missing."
     return _cached_samples([(process, n, seed)], workers, progress)[0]
@@ -294,14 +298,13 @@ def sample_files(profile: str, seed: int = 0, workers: int = 2, progress: bool =
     n = sample_sizes(profile)
     return dict(zip(PROCESSES, _cached_samples([(p, n[p], seed + i) for i, p in enumerate(PROCESSES)], workers, progress)))
 
-
 # %% ../../nbs/20_anomaly.events.ipynb #49bfec3b
 from fastcore.script import call_parse
 
 EVENT_BYTES = 4*(2*100*3 + 2*32*32 + 2*4 + 2*3 + 1)     # one event over EVENT_KEYS, float32
 
 @call_parse
-@cli_errors('vml-events')
+@cli_errors('vml-anomaly-events')
 def vml_events(
     process: str = 'qcd',     # qcd, qcd_high, graviton_narrow, graviton_broad, a_hz or wprime
     n: int = 1000,            # Number of dijet events
