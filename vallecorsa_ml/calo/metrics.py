@@ -62,6 +62,7 @@ def official_sample(data: ShowerData, units: dict | str | None = None, min_energ
     if min_energy > 0: c.showers[c.showers < np.float32(min_energy)] = 0        # our own converted copy: in place
     return c
 
+# %% ../../nbs/14_calo.metrics.ipynb #17f62001
 def _official_coords(g):
     "Cell centres (x = η, y = φ, r) [mm] of one layer in `layer_view` order, built as the official `XMLHandler` does."
     if isinstance(g, CylMesh):
@@ -98,6 +99,7 @@ def official_features(data: ShowerData, min_energy: float = CALOCHALLENGE_MIN_EN
     out.update({k: np.stack(v, 1) for k, v in cols.items()})
     return out
 
+# %% ../../nbs/14_calo.metrics.ipynb #0d054114
 def histogram_set(ref_f: dict, geometry, min_energy: float = CALOCHALLENGE_MIN_ENERGY) -> dict:
     "The official binnings for reference features `ref_f` (`official_features`): {name: (feature key, layer or None, bin edges)}."
     g = get_geometry(geometry)
@@ -123,6 +125,7 @@ def cell_spectrum_bins(ref, min_energy: float = CALOCHALLENGE_MIN_ENERGY, n: int
     mx = (ref.showers if isinstance(ref, ShowerData) else np.asarray(ref)).max()
     return np.logspace(np.log10(min_energy), np.log10(mx), n + 1)
 
+# %% ../../nbs/14_calo.metrics.ipynb #df5e9c25
 def separation_powers(gen_f: dict, ref_f: dict, geometry, min_energy: float = CALOCHALLENGE_MIN_ENERGY) -> dict:
     "Separation power of every standard histogram: {name: value}."
     return {k: separation_power(_feature(gen_f, key, l), _feature(ref_f, key, l), b)
@@ -138,6 +141,7 @@ def summarize_separation(sp: dict) -> dict:
     out['sep_mean'] = float(np.mean([v for v in sp.values() if np.isfinite(v)]))
     return out
 
+# %% ../../nbs/14_calo.metrics.ipynb #561c4e19
 OFFICIAL_LABELS = {'E_ratio': 'Etot / Einc', 'E_layer': 'E layer', 'EC_x': 'EC Eta layer', 'EC_y': 'EC Phi layer',
                    'width_x': 'Width Eta layer', 'width_y': 'Width Phi layer', 'cell_spectrum': 'Voxel distribution'}
 
@@ -175,6 +179,7 @@ def limit_threads(n: int | None = 1):
         with threadpool_limits(n): yield
     finally: torch.set_num_threads(prev)
 
+# %% ../../nbs/14_calo.metrics.ipynb #afbbb3d6
 class ClassifierDNN(nn.Module):
     "The CaloChallenge evaluation classifier: input → `n_hidden` → (`n_layer` × `n_hidden`) → 1 logit, LeakyReLU."
     def __init__(self, input_dim: int, n_layer: int = 2, n_hidden: int = 512, dropout: float = 0.0):
@@ -193,6 +198,7 @@ def classifier_inputs(data: ShowerData, kind: str = 'high', features: dict | Non
         return np.concatenate([np.log10(e), data.flat.astype(np.float64)/e], 1)
     raise VMLInputError(f"unknown classifier kind {kind!r}; choose 'high' or 'low'", field='kind')
 
+# %% ../../nbs/14_calo.metrics.ipynb #6445a3c3
 def _ttv(x, rng, split=(0.6, 0.2, 0.2)):
     x = x[rng.permutation(len(x))]
     n = (len(x)*np.asarray(split)).astype(int)
@@ -204,6 +210,7 @@ def _predict(model, x, bs=10000):
         for i in range(0, len(x), bs): out.append(model(x[i:i + bs]).reshape(-1))
     return torch.cat(out)
 
+# %% ../../nbs/14_calo.metrics.ipynb #81fe958e
 def classifier_test(gen, ref, kind: str = 'high', epochs: int = 50, seed: int = 0, batch_size: int = 1000,
                     lr: float = 2e-4, n_layer: int = 2, n_hidden: int = 512, max_n: int | None = None,
                     gen_features: dict | None = None, ref_features: dict | None = None, verbose: bool = False,
@@ -270,6 +277,7 @@ def frechet_distance(mu1, s1, mu2, s2) -> float:
     tr_sqrt = np.sqrt(np.clip(ev, 0, None)).sum()
     return float(d @ d + np.trace(s1) + np.trace(s2) - 2*tr_sqrt)
 
+# %% ../../nbs/14_calo.metrics.ipynb #4140dad1
 def fpd(real, gen, min_samples: int = 20000, max_samples: int = 50000, num_batches: int = 20, num_points: int = 10,
         normalise: bool = True, seed: int = 42, threads: int | None = 1) -> tuple:
     "Fréchet physics distance extrapolated to infinite sample size: (value, error) — jetnet's definition."
@@ -292,6 +300,7 @@ def _fpd(real, gen, min_samples, max_samples, num_batches, num_points, normalise
     p, c = curve_fit(lambda t, i, s: i + s*t, 1/sizes, vals, bounds=([0, 0], [np.inf, np.inf]))
     return float(p[0]), float(np.sqrt(np.diag(c)[0]))
 
+# %% ../../nbs/14_calo.metrics.ipynb #edfd542d
 def _mmd_poly_unbiased(x, y):
     d = x.shape[1]
     kxx, kyy, kxy = (x @ x.T/d + 1)**3, (y @ y.T/d + 1)**3, (x @ y.T/d + 1)**3
@@ -347,6 +356,7 @@ def hist_compare(ax, rx, gen, ref, bins, xlabel='', logx=False, logy=False, labe
     ax.legend(fontsize='x-small', loc='best')
     return sp
 
+# %% ../../nbs/14_calo.metrics.ipynb #c833b117
 def plot_feature_grid(gen_f, ref_f, geometry, key, layers, hs, title, path=None, labels=('generated', 'Geant4')):
     "A grid of per-layer histograms of feature `key` with ratio panels."
     n = len(layers); cols = min(n, 4); rows = math.ceil(n/cols)
@@ -389,6 +399,7 @@ def plot_average_shower(gen: ShowerData, ref: ShowerData, layers=None, path=None
         if path: fig.savefig(path, dpi=80, bbox_inches='tight')
     return fig
 
+# %% ../../nbs/14_calo.metrics.ipynb #8cf55a26
 def plot_profiles(gen: ShowerData, ref: ShowerData, path=None, labels=('generated', 'Geant4'), min_energy=None, gen_f=None, ref_f=None,
                   gen_units=None, ref_units=None):
     """Mean longitudinal and radial profiles, cell-energy spectrum, E_tot/E_inc and relative width, with ratio panels, of both
@@ -465,6 +476,7 @@ def _response(d: ShowerData, u: dict) -> float:
     r = float(np.mean(d.flat.sum(1, dtype=np.float64)/d.energies))
     return r*u['sampling_fraction'] if u['units'] == 'calochallenge' else r
 
+# %% ../../nbs/14_calo.metrics.ipynb #4d5d4510
 def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_epochs: int = 50, cls_max_n: int | None = None,
              cls_batch_size: int = 1000,
              fpd_kpd: bool = True, plots: bool = True, min_energy: float | None = None, seed: int = 0,
