@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vallecorsa_ml.calo.data import load_g4, write_showers, read_showers
-from vallecorsa_ml.calo.gan import load_generator, export_onnx, onnx_parity
+from vallecorsa_ml.calo.generators import load_generator, export_onnx, onnx_parity
 
 BIN = Path(sys.executable).parent
 TINY = ['--width', '0.25', '--batch-size', '8', '--threads', '1', '--quiet', '--ckpt-every', '3', '--seed', '5', '--snapshot-every', '6']
@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
     "An uninterrupted tiny run (A) and the same run killed with SIGKILL mid-way and resumed (B)."
     d = tmp_path_factory.mktemp('gan')
     write_showers(d/'train.h5', load_g4('electrons', 'train', n=64))
+    write_showers(d/'valid.h5', load_g4('electrons', 'valid', n=20))
     n = 24
     args = ['vml-train-gan', '--data', d/'train.h5', '--max-steps', n, *TINY]
     r = run(*args, '--ckpt-dir', d/'a')
@@ -61,7 +62,12 @@ def test_select_snapshot_cli(trained):
     for s in snaps:       # snapshots of the killed-and-resumed run equal the uninterrupted run's
         a = torch.load(d/'a'/'snapshots'/s, weights_only=False)['G_ema']; b = torch.load(d/'b'/'snapshots'/s, weights_only=False)['G_ema']
         assert all(torch.equal(v, b[k]) for k, v in a.items()), s
-    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--last', 3, '--n-val', 20, '--seeds', '1,2',
+    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--last', 3, '--n-val', 20, '--seeds', '1')
+    assert r.returncode == 2 and "'--valid': required with a file --data" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--valid', d/'train.h5', '--last', 3, '--n-val', 20,
+            '--seeds', '1', '--readout', 0, '--epochs', 2, '--quiet', '--threads', 1)
+    assert r.returncode == 2 and 'rows 0-63 of the validation showers are also the read-out rows' in r.stderr, r.stderr
+    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--valid', d/'valid.h5', '--last', 3, '--n-val', 20, '--seeds', '1,2',
             '--readout', 0, '--epochs', 3, '--quiet', '--threads', 1)
     assert r.returncode == 0, r.stderr
     best = torch.load(d/'a'/'best.pt', weights_only=False)
@@ -69,15 +75,15 @@ def test_select_snapshot_cli(trained):
     assert f"step {best['selected']['step']}, validation AUC" in r.stdout and (d/'a'/'best_selection.png').stat().st_size > 1000
     rows = json.load(open(d/'a'/'best_selection.json'))
     assert [r['step'] for r in rows] == [12, 18, 24] and best['selected']['auc'] == min(r['auc'] for r in rows)
-    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--last', 2, '--n-val', 20, '--seeds', '1',
+    r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--valid', d/'valid.h5', '--last', 2, '--n-val', 20, '--seeds', '1',
             '--readout', 0, '--epochs', 2, '--quiet', '--threads', 1, '--out', d/'a'/'early.pt', '--max-minutes', 1e-9)
     assert r.returncode == 2 and 'no snapshots within' in r.stderr
     G = load_generator(d/'a'/'best.pt')
     assert G.sample([float(best['cfg']['e_min'])*1.5], seed=0).showers.shape == (1, 45, 16, 9)
     for args, msg in ((['--seeds', 'x'], 'seeds must be integers'), (['--n-val', 5], 'n_val'), (['--last', 0], 'last must be')):
-        r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--readout', 0, *args)
+        r = run('vml-select-gan', '--ckpt-dir', d/'a', '--data', d/'train.h5', '--valid', d/'valid.h5', '--readout', 0, *args)
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = run('vml-select-gan', '--ckpt-dir', d, '--data', d/'train.h5')
+    r = run('vml-select-gan', '--ckpt-dir', d, '--data', d/'train.h5', '--valid', d/'valid.h5')
     assert r.returncode == 2 and 'no snapshots' in r.stderr
 
 

@@ -118,7 +118,7 @@ def test_heldout_rows_refused_by_every_trainer(tmp_path):
     r = run('vml-train-gan', '--data', g4_path('photons'), '--start', 2990, '--stop', 3001, '--max-steps', 1, '--ckpt-dir', tmp_path/'g')
     one_line_error(r, 'vml-train-gan', "rows 3000-3000 are the held-out test rows of 'g4-photons'")
     from vallecorsa_ml.calo.diffusion import train_dit, calibrate_thresholds, retrain_stage1
-    from vallecorsa_ml.calo.gan import calibrate_readout
+    from vallecorsa_ml.calo.readout import calibrate_readout
     te = load_g4('photons', 'test', n=40)
     with pytest.raises(VMLInputError, match='held-out'): train_dit([(te, 'g4_photons')], 1)
     G = load_pretrained('3dgan-ds2')

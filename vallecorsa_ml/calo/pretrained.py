@@ -1,5 +1,5 @@
 """The trained generators that come with the repository, loaded by name, each with a model card the pipeline
-writes: `load_pretrained('dit-ds2')`, `vml-generate --model dit-ds2`, `vml-model card dit-ds2`.
+writes: `load_pretrained('dit-ds2')`, `vml-calo-generate --model dit-ds2`, `vml-calo-model card dit-ds2`.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/calo.pretrained.html.md"""
 
@@ -23,12 +23,12 @@ __all__ = ['PRETRAINED', 'G4_DATASETS_INV', 'Pretrained', 'pretrained', 'models_
            'fp16_cost', 'ship', 'load_card', 'load_pretrained', 'judge', 'model_card', 'card_markdown', 'models_table',
            'write_models_readme', 'vml_model']
 
-# %% ../../nbs/18_calo.pretrained.ipynb #67a818b3
+# %% ../../nbs/18_calo.pretrained.ipynb #29fbbe20
 @dataclass(frozen=True)
 class Pretrained:
     "A generator shipped in `models/`: kind, file, what it is, what it is judged on, and the commands that make it."
     name: str
-    kind: str                     # 'dit' | 'gan' (keys of calo.gan.GENERATORS)
+    kind: str                     # 'dit' | 'gan' (keys of calo.generators.GENERATORS)
     file: str                     # in models/
     what: str
     judged_on: tuple              # ((shipped dataset, detector for sample() or None), ...): held-out rows of each
@@ -61,6 +61,7 @@ PRETRAINED = {p.name: p for p in [
                'Geant4 e- 1-100 GeV (g4-electrons, train rows; selection on the valid rows)'),
 ]}
 
+# %% ../../nbs/18_calo.pretrained.ipynb #69e58bce
 def pretrained(name: str) -> Pretrained:
     "The registry entry `name`; the error lists the shipped models."
     if name not in PRETRAINED: raise VMLInputError(f"unknown model {name!r}; shipped models: {', '.join(PRETRAINED)}", field='model')
@@ -68,9 +69,8 @@ def pretrained(name: str) -> Pretrained:
 
 def models_dir() -> Path:
     "The checkout's `models/` folder."
-    root = repo_root()
-    if root is None: raise VMLInputError("not running from a checkout: the shipped models live in its models/ folder", field='model')
-    return root/'models'
+    if repo_root() is None: raise VMLInputError("not running from a checkout: the shipped models live in its models/ folder", field='model')
+    return repo_root()/'models'
 
 def model_path(name: str) -> Path:
     "Path of the shipped file of model `name` (a clear error, with the recipe, when it is missing)."
@@ -124,7 +124,7 @@ def fp16_cost(G32, G16, kind: str, data: ShowerData, detector=None, seed: int = 
                 d_response=float(rb.mean() - ra.mean()), response_fp32=float(ra.mean()),
                 auc_fp16_vs_fp32=float(classifier_test(b, a, 'high', epochs=cls_epochs, seed=seed)['auc']))
 
-# %% ../../nbs/18_calo.pretrained.ipynb #af8d7fa1
+# %% ../../nbs/18_calo.pretrained.ipynb #2595455a
 def _sha256(p: Path) -> str:
     h = hashlib.sha256()
     with open(p, 'rb') as f:
@@ -154,9 +154,10 @@ def _training_facts(ck: dict, train_minutes: float | None) -> dict:
                 stage1_minutes=meta.get('stage1_minutes'), calibrate_minutes=meta.get('calibrate_minutes'),
                 calibrate_showers=meta.get('calibrate_showers'), seed=meta.get('seed'))
 
+# %% ../../nbs/18_calo.pretrained.ipynb #cb0a11a5
 def ship(name: str, checkpoint, train_minutes: float | None = None, half: bool = True, n_cost: int = 500, folder=None) -> Path:
     "Pack `checkpoint` as shipped model `name` into `models/` (or `folder`), measure the fp16 cost, start the card; → the file."
-    from vallecorsa_ml.calo.gan import load_generator
+    from vallecorsa_ml.calo.generators import load_generator
     p = pretrained(name)
     checkpoint = Path(checkpoint)
     if not checkpoint.exists(): raise VMLInputError("checkpoint not found", file=checkpoint)
@@ -196,7 +197,7 @@ def load_card(name: str, folder=None) -> dict | None:
 
 def load_pretrained(name: str, folder=None, **kwargs) -> torch.nn.Module:
     "A shipped generator by name (`vml-model list`), in eval mode; `kwargs` go to its loader (DiT: detector, steps)."
-    from vallecorsa_ml.calo.gan import load_generator
+    from vallecorsa_ml.calo.generators import load_generator
     if kwargs.get('raw'): raise VMLInputError("shipped models hold only the EMA weights (no --raw)", field='raw')
     kwargs.pop('raw', None)
     p = (Path(folder)/pretrained(name).file) if folder else model_path(name)
@@ -250,7 +251,7 @@ def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None =
     write_models_readme(folder)
     return card
 
-# %% ../../nbs/18_calo.pretrained.ipynb #3b0bf139
+# %% ../../nbs/18_calo.pretrained.ipynb #98f7d90e
 def _f(v, nd=3):
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return '–'
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
@@ -303,6 +304,7 @@ def card_markdown(card: dict) -> str:
                      f"{cp['cpu']}, torch {cp['torch']}, {cp['date'][:10]}.*")
     return '\n'.join(lines) + '\n'
 
+# %% ../../nbs/18_calo.pretrained.ipynb #ae1e7b1c
 def models_table(folder=None) -> str:
     "Markdown table of the shipped models: file, size, and the held-out cls-high AUC / speed-up from each card."
     rows = []
