@@ -1,5 +1,5 @@
 """Faster than Monte Carlo: showers per second, FLOP/s, joules per shower and fidelity against Geant4 for every
-generator × precision × runtime, batch size, threads and concurrent streams — `vml-bench`.
+generator × precision × runtime, batch size, threads and concurrent streams — `vml-quant-bench`.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/quant.bench.html.md"""
 
@@ -16,11 +16,11 @@ from torch import nn
 from fastcore.script import call_parse
 from ..core import (VMLInputError, cli_errors, save_json, md_table, set_threads, cpu_info, Timer,
                                 seed_everything, data_dir, atomic_write)
-from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, rel_err, Variant, ort_session
+from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, rel_err, Variant, ort_session, net_of
 
 # %% auto #0
 __all__ = ['OPS_PER_CYCLE', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules', 'time_variants', 'time_variant',
-           'op_breakdown', 'run_bench', 'fidelity', 'bar_chart', 'report', 'vml_bench']
+           'op_breakdown', 'run_bench', 'fidelity', 'bar_chart', 'report', 'load_bench_generator', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -122,7 +122,7 @@ def op_breakdown(v, inputs: tuple, repeats: int = 3) -> dict:
     out['total'] = sum(out.values())
     return out
 
-# %% ../../nbs/52_quant.bench.ipynb #101460f6
+# %% ../../nbs/52_quant.bench.ipynb #b785aa16
 def _gen_kind(gen) -> str: return 'dit' if type(gen).__name__ in ('DiTGenerator', 'CaloDiT') else 'gan'
 
 def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-fp32', 'ort-int8'), batches=(64,),
@@ -137,8 +137,7 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
     nfe = 2*int(getattr(gen, 'steps', 12)) - 1 if kind == 'dit' else 1
     cc = g4_conditions(n_calib, ref_kind, seed=seed)
     calib = calib_inputs(gen, cc['energies_MeV'], cc['thetas'], cc['phis'], seed=seed)
-    from vallecorsa_ml.quant.ptq import _net
-    fl = count_flops(_net(gen), tuple(t[:1] for t in calib))
+    fl = count_flops(net_of(gen), tuple(t[:1] for t in calib))
     g4s = g4_seconds(cc['energies_MeV'])
     variants = dict(extra or {})
     rows, prev, fid_built = [], torch.get_num_threads(), None
@@ -192,6 +191,7 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
                  for m, r in best.items()]
     return dict(rows=rows, best=best_rows, fidelity=fid, flops_per_forward=fl, nfe=nfe, g4_s_per_shower=g4s)
 
+# %% ../../nbs/52_quant.bench.ipynb #5de2596b
 def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', cls_epochs: int = 20, seed: int = 0,
              fixed: tuple | None = None) -> dict:
     """Per variant, `n` showers sampled at the conditions of held-out Geant4 showers, from the same noise for every variant:
@@ -217,6 +217,7 @@ def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', cls_epoch
     for m in out: out[m]['dauc'] = out[m]['auc'] - a0; out[m]['counts'] = bool(abs(out[m]['dauc']) <= 0.01)
     return out
 
+# %% ../../nbs/52_quant.bench.ipynb #da4e465b
 def bar_chart(best_rows: list, path=None, title: str = 'Showers per second, best configuration per precision'):
     "Seed-style bar chart of showers/s (log scale) per generator × variant, Geant4 as the reference bar."
     import matplotlib; import matplotlib.pyplot as plt
@@ -248,7 +249,19 @@ def report(res: dict) -> str:
             f"= {joules(res['g4_s_per_shower']):.3f} J per shower (README, these energies); energy model: CPU s × {W_PER_CORE:.2f} W"
             + (" (RAPL readable but not used)" if rapl_files() else " (no readable RAPL)"))
 
-# %% ../../nbs/52_quant.bench.ipynb #6d6dcdb3
+# %% ../../nbs/52_quant.bench.ipynb #b27828e1
+def load_bench_generator(path, kind: str = 'gan') -> nn.Module:
+    "A generator checkpoint for the benchmark, in eval mode: a 3DGAN (`kind='gan'`) or a diffusion model (`'dit'`: a `calo` generator checkpoint or a bare `CaloDiT`)."
+    from vallecorsa_ml.calo.gan import load_generator
+    p = Path(path)
+    if not p.exists(): raise VMLInputError("checkpoint not found", file=p)
+    if kind == 'dit':
+        from vallecorsa_ml.calo.diffusion import load_dit, DiTGenerator
+        try: return load_generator(p).eval()
+        except VMLInputError: return DiTGenerator(load_dit(p), detector=1, steps=12).eval()
+    return load_generator(p).eval()
+
+# %% ../../nbs/52_quant.bench.ipynb #e886aa50
 def _configs(s: str) -> list:
     try: out = [tuple(int(v) for v in c.lower().split('x')) for c in str(s).split(',') if c.strip()]
     except ValueError: out = []
@@ -262,18 +275,9 @@ def _ints(s: str, name: str) -> list:
     if not v or min(v) < 1: raise VMLInputError(f"{name} must be positive integers, comma-separated", field=name)
     return v
 
-def _load(path, kind):
-    from vallecorsa_ml.calo.gan import load_generator
-    p = Path(path)
-    if not p.exists(): raise VMLInputError("checkpoint not found", file=p)
-    if kind == 'dit':
-        from vallecorsa_ml.calo.diffusion import load_dit, DiTGenerator
-        try: return load_generator(p).eval()
-        except VMLInputError: return DiTGenerator(load_dit(p), detector=1, steps=12).eval()
-    return load_generator(p).eval()
-
+# %% ../../nbs/52_quant.bench.ipynb #001da589
 @call_parse
-@cli_errors('vml-bench')
+@cli_errors('vml-quant-bench')
 def vml_bench(
     gan: str = None,              # 3DGAN checkpoint (default: <cache>/gan/ds2_e_recipe/last.pt if present, else an untrained stand-in; 'none': skip)
     dit: str = None,              # diffusion checkpoint (optional; 'auto': <cache>/calo/dit/dit.pth)
@@ -296,14 +300,14 @@ def vml_bench(
     ck = Path(gan) if gan else data_dir()/'gan'/'ds2_e_recipe'/'last.pt'
     if gan == 'none':
         if not dit: raise VMLInputError("--gan none needs --dit", field='gan')
-    elif gan or ck.exists(): gens.append(('gan', _load(ck, 'gan')))
+    elif gan or ck.exists(): gens.append(('gan', load_bench_generator(ck, 'gan')))
     else:
         from vallecorsa_ml.calo.gan import Generator, GANConfig
         torch.manual_seed(0); gens.append(('gan-standin', Generator(GANConfig()).eval()))
-    if dit: gens.append(('dit', _load(data_dir()/'calo'/'dit'/'dit.pth' if dit == 'auto' else dit, 'dit')))
+    if dit: gens.append(('dit', load_bench_generator(data_dir()/'calo'/'dit'/'dit.pth' if dit == 'auto' else dit, 'dit')))
     qp = data_dir()/'quant'/'gan_qat.onnx' if qat == 'auto' else None if qat == 'none' else Path(qat)
     if qp is not None and qat != 'auto' and not qp.exists(): raise VMLInputError("QAT ONNX file not found", file=qp)
-    print(f"# vml-bench  {cpu_info()}\n# load average {os.getloadavg()}")
+    print(f"# vml-quant-bench  {cpu_info()}\n# load average {os.getloadavg()}")
     allres, text = {}, []
     for name, g in gens:
         extra = {}

@@ -17,8 +17,8 @@ from torch import nn
 from ..core import VMLInputError, atomic_write, seed_everything
 
 # %% auto #0
-__all__ = ['METHODS', 'rel_err', 'calib_inputs', 'g4_conditions', 'Variant', 'edge_layers', 'export_onnx', 'quantize_onnx',
-           'ort_session', 'quantize', 'swapped_forward', 'sample_with']
+__all__ = ['METHODS', 'rel_err', 'net_of', 'calib_inputs', 'g4_conditions', 'Variant', 'edge_layers', 'export_onnx',
+           'ort_session', 'quantize_onnx', 'quantize', 'swapped_forward', 'sample_with']
 
 # %% ../../nbs/50_quant.ptq.ipynb #a6831190
 def rel_err(q, f) -> float:
@@ -31,7 +31,7 @@ def rel_err(q, f) -> float:
     return float(np.linalg.norm(q - f)/n)
 
 # %% ../../nbs/50_quant.ptq.ipynb #7892dcbe
-def _net(gen: nn.Module) -> nn.Module:
+def net_of(gen: nn.Module) -> nn.Module:
     "The module whose `forward` the sampler calls: `gen.model` for a `DiTGenerator`, else `gen`."
     return gen.model if type(gen).__name__ == 'DiTGenerator' else gen
 
@@ -40,7 +40,7 @@ def calib_inputs(gen: nn.Module, energies_MeV, thetas=None, phis=None, seed: int
     energies_MeV = np.asarray(energies_MeV, np.float64).reshape(-1)
     if len(energies_MeV) == 0: raise VMLInputError("no calibration energies", field='energies')
     g = torch.Generator().manual_seed(int(seed))
-    net = _net(gen)
+    net = net_of(gen)
     if type(net).__name__ == 'CaloDiT':
         from vallecorsa_ml.calo.diffusion import make_conditions, karras_sigmas
         det = getattr(gen, 'detector', 0); det = det if isinstance(det, (int, np.integer)) else 0
@@ -64,7 +64,7 @@ def g4_conditions(n: int, kind: str = 'electrons', seed: int = 0) -> dict:
     return dict(energies_MeV=np.asarray(d.energies)[idx], thetas=None if d.theta is None else np.asarray(d.theta)[idx],
                 phis=None if d.phi is None else np.asarray(d.phi)[idx])
 
-# %% ../../nbs/50_quant.ptq.ipynb #5910e5d2
+# %% ../../nbs/50_quant.ptq.ipynb #f515b6ec
 METHODS = ('fp32', 'fp32-compile', 'bf16', 'int8-dyn', 'int8-pt2e', 'int8-pt2e-compile', 'int8-pt2e-mixed',
            'ort-fp32', 'ort-int8', 'ort-int8-dyn')
 
@@ -78,6 +78,7 @@ class Variant:
     def __call__(self, *x):
         with torch.no_grad(): return self.fn(*x)
 
+# %% ../../nbs/50_quant.ptq.ipynb #9e3da856
 def _plain(net):
     "The class forward of `net` (immune to `swapped_forward`, which shadows the instance's `forward`)."
     fwd = type(net).forward
@@ -90,6 +91,7 @@ def _bf16(net):
         with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16): return fwd(*x).float()
     return fn
 
+# %% ../../nbs/50_quant.ptq.ipynb #78840e9b
 def _int8_dyn(net):
     import copy
     from torchao.quantization import quantize_, Int8DynamicActivationInt8WeightConfig
@@ -99,12 +101,14 @@ def _int8_dyn(net):
         quantize_(m, Int8DynamicActivationInt8WeightConfig())
     return m, sum(isinstance(x, nn.Linear) for x in m.modules())
 
+# %% ../../nbs/50_quant.ptq.ipynb #eb9a1f3f
 def edge_layers(net: nn.Module) -> list:
     "Names of the first and the last `nn.Linear`/`nn.Conv3d` of `net` (registration order): the layers `int8-pt2e-mixed` keeps in FP32."
     names = [n for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv3d))]
     if not names: raise VMLInputError("no Linear/Conv3d layer to quantize", field='net')
     return list(dict.fromkeys([names[0], names[-1]]))
 
+# %% ../../nbs/50_quant.ptq.ipynb #8010852b
 def _compiled(m: nn.Module):
     "`torch.compile` with Inductor and frozen weights (constant-folded, oneDNN-prepacked): one static graph per batch size."
     import torch._inductor.config as icfg
@@ -131,6 +135,7 @@ def _int8_pt2e(net, calib, keep_fp32=None):
     nq = sum(1 for n in cm.graph.nodes if 'quantize_per' in str(n.target))
     return cm, nq
 
+# %% ../../nbs/50_quant.ptq.ipynb #03d75217
 def export_onnx(net: nn.Module, inputs: tuple, path, names=None, opset: int = 17) -> Path:
     "Export `net(*inputs)` to ONNX with a dynamic batch axis (legacy TorchScript exporter), atomically."
     names = list(names or [f'in{i}' for i in range(len(inputs))])
@@ -141,6 +146,20 @@ def export_onnx(net: nn.Module, inputs: tuple, path, names=None, opset: int = 17
                           dynamo=False, dynamic_axes={**{n: {0: 'batch'} for n in names}, 'out': {0: 'batch'}})
     return path
 
+def ort_session(path, threads: int = 0):
+    "ONNX Runtime CPU session (`threads` intra-op threads; 0: ORT's default)."
+    import onnxruntime as ort
+    so = ort.SessionOptions(); so.intra_op_num_threads = int(threads); so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
+
+def _ort_fn(path, names, threads=0):
+    sess = ort_session(path, threads)
+    def fn(*x): return torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in zip(names, x)})[0])
+    fn.session = sess
+    return fn
+
+# %% ../../nbs/50_quant.ptq.ipynb #5b33f4c5
 class _Reader:
     "onnxruntime CalibrationDataReader over a list of feed dicts."
     def __init__(self, feeds): self.it = iter(feeds)
@@ -165,23 +184,11 @@ def quantize_onnx(src, dst, calib_feeds=None, dynamic: bool = False) -> Path:
     pre.unlink(missing_ok=True)
     return dst
 
-def ort_session(path, threads: int = 0):
-    "ONNX Runtime CPU session (`threads` intra-op threads; 0: ORT's default)."
-    import onnxruntime as ort
-    so = ort.SessionOptions(); so.intra_op_num_threads = int(threads); so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
-
-def _ort_fn(path, names, threads=0):
-    sess = ort_session(path, threads)
-    def fn(*x): return torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in zip(names, x)})[0])
-    fn.session = sess
-    return fn
-
+# %% ../../nbs/50_quant.ptq.ipynb #ae21aa6b
 def quantize(gen: nn.Module, method: str, calib: tuple | None = None, workdir=None, threads: int = 0) -> Variant:
     "The `method` variant (one of `METHODS`) of `gen`'s network, calibrated (static methods) on the inputs `calib`."
     if method not in METHODS: raise VMLInputError(f"unknown method {method!r}; known: {', '.join(METHODS)}", field='method')
-    net = _net(gen).eval()
+    net = net_of(gen).eval()
     if calib is None: calib = tuple(net.example_inputs(8))
     calib = tuple(calib)
     if method == 'fp32': return Variant(method, 'torch', _plain(net))
@@ -206,10 +213,11 @@ def quantize(gen: nn.Module, method: str, calib: tuple | None = None, workdir=No
         path = quantize_onnx(f32, wd/f'{method}.onnx', feeds, dynamic=(method == 'ort-int8-dyn'))
     return Variant(method, 'onnxruntime', _ort_fn(path, names, threads), {'onnx': str(path), 'mb': path.stat().st_size/1e6})
 
+# %% ../../nbs/50_quant.ptq.ipynb #20a08332
 @contextlib.contextmanager
 def swapped_forward(gen: nn.Module, variant: Variant):
     "Inside the block, `gen`'s network forward is `variant` (so `gen.sample` uses it)."
-    net = _net(gen)
+    net = net_of(gen)
     net.forward = variant
     try: yield gen
     finally: del net.forward
