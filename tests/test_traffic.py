@@ -1,10 +1,10 @@
-"""Traffic wing: simulator conservation, loader rejections, windows without leakage, `vml-traffic` end to end."""
-import os, subprocess, sys
+"""Traffic wing: simulator conservation, loader rejections, windows without leakage, `vml-traffic-train` end to end."""
+import os, json, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from vallecorsa_ml.traffic.data import (COLUMNS, DIRECTIONS, STEP_S, TIME_COL, LinkConfig, DirectionConfig, simulate_link,
                                         load_traffic, save_traffic, utilisation, make_windows, chrono_split)
-from vallecorsa_ml.traffic.models import prepare, persistence, scores, lead_times, pr_f1
+from vallecorsa_ml.traffic.models import TARGETS, prepare, persistence, scores, lead_times, pr_f1
 
 BIN = Path(sys.executable).parent
 
@@ -69,8 +69,15 @@ def test_windows_no_leakage():
 def test_scaler_fit_on_train_only(sim):
     wd = prepare(sim, delta=10, horizon=5)
     a, b = wd.bounds[0]
-    np.testing.assert_allclose(wd.scaler.mean[0], sim['traffic_out'].iloc[a:b].mean(), rtol=1e-6)
-    assert abs(wd.scaler.mean[0] - sim['traffic_out'].mean()) > 0
+    train, whole = sim.iloc[a:b], sim
+    # the training rows' statistics differ from the whole table's by far more than the tolerance, so a scaler fit on
+    # all rows (leakage) fails the comparisons below
+    assert abs(train['traffic_out'].mean() / whole['traffic_out'].mean() - 1) > 1e-3
+    np.testing.assert_allclose(wd.scaler.mean[0], train['traffic_out'].mean(), rtol=1e-6)
+    np.testing.assert_allclose(wd.scaler.std[0], train['traffic_out'].std(ddof=0), rtol=1e-6)
+    j = wd.scaler.cols.index('active_transfers_out')                  # a log1p column
+    assert abs(np.log1p(train['active_transfers_out']).mean() - np.log1p(whole['active_transfers_out']).mean()) > 1e-3
+    np.testing.assert_allclose(wd.scaler.mean[j], np.log1p(train['active_transfers_out']).mean(), rtol=1e-6)
 
 def test_alarm_scores():
     assert pr_f1(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool))['f1'] == pytest.approx(0.5)
@@ -86,7 +93,7 @@ def test_cli_bad_file(tmp_path, sim):
     raw = sim.iloc[:50].reset_index(); raw.loc[3, 'traffic_out'] = -1
     p = _write(raw, tmp_path/'neg.csv')
     r = _cli(p, '--out', tmp_path/'o')
-    assert r.returncode == 2 and r.stderr.count('\n') == 1 and r.stderr.startswith('vml-traffic: error:') and 'negative' in r.stderr
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and r.stderr.startswith('vml-traffic-train: error:') and 'negative' in r.stderr
     r = _cli(tmp_path/'nope.csv'); assert r.returncode == 2 and 'file not found' in r.stderr
     r = _cli(tmp_path/'neg.csv', '--model', 'gpt'); assert r.returncode == 2 and 'unknown model' in r.stderr
 
@@ -94,13 +101,19 @@ def test_cli_end_to_end(tmp_path):
     r = _cli(tmp_path/'sim.csv', '--simulate', 3, '--epochs', 1, '--delta', 5, '--horizon', 3, '--out', tmp_path/'o')
     assert r.returncode == 0, r.stderr
     fc = pd.read_csv(tmp_path/'o'/'forecast.csv', parse_dates=[TIME_COL])
-    assert len(fc) == 3 and (fc.drop(columns=[TIME_COL]).to_numpy() >= 0).all()
-    assert pd.Timestamp(fc[TIME_COL].iloc[0]) == pd.Timestamp('2024-01-04 00:00', tz='UTC')
-    assert (tmp_path/'o'/'metrics.json').exists() and 'persistence' in r.stdout
+    assert len(fc) == 3 and list(fc.columns) == [TIME_COL, *TARGETS]
+    assert list(fc[TIME_COL]) == list(pd.date_range('2024-01-04 00:00', periods=3, freq='2min', tz='UTC'))
+    # the recorded persistence MSE against one computed here from the written file: the last input row of every
+    # test window repeated over the horizon, against the scaled targets
+    m = json.loads((tmp_path/'o'/'metrics.json').read_text())
+    wd = prepare(load_traffic(tmp_path/'sim.csv'), delta=5, horizon=3)
+    ref = np.mean((wd.Y['test'] - wd.X['test'][:, -1:, wd.target_idx]) ** 2)
+    assert m['test_mse_persistence'] == pytest.approx(ref, rel=1e-6) and 'persistence' in r.stdout
 
 def test_models_beat_persistence_but_not_the_noise_floor():
     "On a noisy sine (known structure) a network beats persistence by the issue's ratio, yet not the Bayes floor (the noise)."
-    from vallecorsa_ml.traffic.models import sine_table, make_model, train_model, predict, set_threads
+    from vallecorsa_ml.core import set_threads
+    from vallecorsa_ml.traffic.models import sine_table, make_model, train_model, predict
     set_threads(1)
     n, noise = 3000, 0.05
     df = sine_table(n, period=40, noise=noise, seed=1)
@@ -215,8 +228,8 @@ def test_conformal_margin_and_coverage_by_hand():
     assert conformalize(lo, hi, y, alpha=0.5).tolist() == [0.5]
     assert coverage(lo[:, 0], hi[:, 0], y[:, 0]) == pytest.approx(2 / 5)
 
-def test_alarm_at_fixed_false_alarm_rate_matches_sklearn():
-    from sklearn.metrics import roc_curve, precision_score, recall_score, f1_score
+def test_alarm_at_fixed_false_alarm_rate_matches_roc_curve():
+    from sklearn.metrics import roc_curve
     from vallecorsa_ml.traffic.models import far_threshold, onset_leads
     rng = np.random.default_rng(22)
     y = rng.random(5000) < 0.3; s = rng.normal(size=5000) + 2 * y
@@ -226,8 +239,10 @@ def test_alarm_at_fixed_false_alarm_rate_matches_sklearn():
         i = np.flatnonzero(th > cut)[-1]
         assert (a & ~y).sum() / (~y).sum() == pytest.approx(fpr[i]) and fpr[i] <= far
         assert (a & y).sum() / y.sum() == pytest.approx(tpr[i])
-        got = pr_f1(a, y)
-        assert (got['precision'], got['recall'], got['f1']) == pytest.approx((precision_score(y, a), recall_score(y, a), f1_score(y, a)))
+        got = pr_f1(a, y)                                 # scikit-learn's scores against the alarms counted here
+        tp, fp, fn = int((a & y).sum()), int((a & ~y).sum()), int((~a & y).sum())
+        assert (got['tp'], got['fp'], got['fn']) == (tp, fp, fn)
+        assert (got['precision'], got['recall'], got['f1']) == pytest.approx((tp / (tp + fp), tp / (tp + fn), 2 * tp / (2 * tp + fp + fn)))
     u = np.zeros(50); u[30:35] = 0.95
     assert onset_leads(np.isin(np.arange(50), [24, 25]), np.arange(50), u, k=10).tolist() == [12.]   # first alarm 6 steps before
 

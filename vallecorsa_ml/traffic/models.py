@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 from ..core import (VMLInputError, cli_errors, save_json, seed_everything, check_profile, pick, run_folder,
-                                save_metrics, md_table, Timer, atomic_write, set_threads)
+                                save_metrics, md_table, Timer, atomic_write, set_threads, optional_import)
 from .data import (COLUMNS, ALL_COLUMNS, STATE_COLUMNS, PROJ_COLUMNS, DIRECTIONS, STEP_S, TIME_COL, simulate_link, load_traffic, save_traffic,
                                         utilisation, make_windows, chrono_split, Scaler, calendar_features,
                                         oracle_paths, simulate_transfers, link_series, load_records, save_records)
@@ -25,7 +25,7 @@ __all__ = ['TARGETS', 'SPLITS', 'ARCHS', 'QUANTILES', 'WindowData', 'prepare', '
            'ConvLSTM', 'make_model', 'dataloaders', 'train_model', 'predict', 'persistence', 'seasonal_naive',
            'fit_ridge', 'predict_ridge', 'scores', 'oracle_forecast', 'sine_table', 'pinball_loss', 'QuantileNet',
            'train_quantiles', 'predict_quantiles', 'coverage', 'conformalize', 'alarm_labels', 'pr_f1',
-           'best_threshold', 'lead_times', 'train_alarm', 'far_threshold', 'onset_leads', 'train_alarms',
+           'best_threshold', 'onset_leads', 'lead_times', 'train_alarm', 'far_threshold', 'train_alarms',
            'forecast_next', 'run_traffic', 'vml_traffic']
 
 # %% ../../nbs/31_traffic.models.ipynb #b6216bab
@@ -71,7 +71,7 @@ def prepare(df: pd.DataFrame, delta: int = 10, horizon: int = 5, targets: Sequen
         X[name], Y[name], last[name] = Z[i], Z[o][:, :, ti], i[:, -1]
     return WindowData(X, Y, last, Z, sc, feats, targets, delta, horizon, df.index, bounds)
 
-# %% ../../nbs/31_traffic.models.ipynb #e996092f
+# %% ../../nbs/31_traffic.models.ipynb #ac80eabb
 class _Head(nn.Module):
     def __init__(self, n_feat, horizon, n_out, target_idx, hidden=64):
         super().__init__()
@@ -82,6 +82,7 @@ class _Head(nn.Module):
         y = self.net(z).view(-1, self.h, self.g)
         return y + x[:, -1:, self.ti] if self.ti.numel() else y
 
+# %% ../../nbs/31_traffic.models.ipynb #052c58a5
 class CNN(nn.Module):
     "1-D CNN over time: (B, delta, F) → (B, horizon, G)."
     def __init__(self, n_in, delta, n_out, horizon, target_idx=None, ch=32):
@@ -107,6 +108,7 @@ class CNNLSTM(nn.Module):
         self.head = _Head(hidden, horizon, n_out, target_idx)
     def forward(self, x): return self.head(self.lstm(self.conv(x.transpose(1, 2)).transpose(1, 2))[0][:, -1], x)
 
+# %% ../../nbs/31_traffic.models.ipynb #bf18c310
 class ConvLSTMCell(nn.Module):
     "LSTM cell whose input and recurrent maps are 1-D convolutions over a spatial axis (Shi et al. 2015)."
     def __init__(self, c_in, c_hid, k=3):
@@ -133,12 +135,13 @@ class ConvLSTM(nn.Module):
 
 ARCHS = {'cnn': CNN, 'lstm': LSTMNet, 'cnn_lstm': CNNLSTM, 'conv_lstm': ConvLSTM}
 
+# %% ../../nbs/31_traffic.models.ipynb #b6832cc1
 def make_model(arch: str, n_in: int, delta: int, n_out: int, horizon: int, target_idx=None) -> nn.Module:
     "One of `ARCHS` by name."
     if arch not in ARCHS: raise VMLInputError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}", field='model')
     return ARCHS[arch](n_in, delta, n_out, horizon, target_idx)
 
-# %% ../../nbs/31_traffic.models.ipynb #39619b96
+# %% ../../nbs/31_traffic.models.ipynb #acc6911a
 class _Batches(torch.utils.data.Dataset):
     "Serve (x, y) batches by slicing tensors: fast on CPU."
     def __init__(self, x, y, bs, shuffle, seed=0):
@@ -153,15 +156,17 @@ class _Batches(torch.utils.data.Dataset):
 
 def dataloaders(xt, yt, xv, yv, bs: int = 256, seed: int = 0):
     "fastai `DataLoaders` over train/valid arrays (batches by slicing)."
-    from fastai.data.core import DataLoaders
+    DataLoaders = optional_import('fastai.data.core', 'traffic').DataLoaders
     mk = lambda x, y, sh: torch.utils.data.DataLoader(_Batches(x, y, bs, sh, seed), batch_size=None, shuffle=False)
     return DataLoaders(mk(xt, yt, True), mk(xv, yv, False))
 
+# %% ../../nbs/31_traffic.models.ipynb #f1239787
 def train_model(model: nn.Module, xt, yt, xv, yv, epochs: int = 5, lr: float = 1e-2, bs: int = 256,
                 loss_func=None, seed: int = 0):
     "Fit `model` with fastai (one-cycle, Adam, MSE by default); returns the `Learner`."
-    from fastai.learner import Learner
-    import fastai.callback.schedule, fastai.callback.progress   # fit_one_cycle, no_bar (patch Learner)
+    Learner = optional_import('fastai.learner', 'traffic').Learner
+    optional_import('fastai.callback.schedule', 'traffic')    # patches Learner.fit_one_cycle
+    optional_import('fastai.callback.progress', 'traffic')    # patches Learner.no_bar
     seed_everything(seed)
     learn = Learner(dataloaders(xt, yt, xv, yv, bs, seed), model, loss_func=loss_func or nn.MSELoss())
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
@@ -173,7 +178,7 @@ def predict(model: nn.Module, x: np.ndarray, bs: int = 4096) -> np.ndarray:
     model.eval()
     return np.concatenate([model(torch.as_tensor(x[i:i + bs])).numpy() for i in range(0, len(x), bs)]) if len(x) else np.zeros((0,))
 
-# %% ../../nbs/31_traffic.models.ipynb #5e7c9a28
+# %% ../../nbs/31_traffic.models.ipynb #28a61ab9
 def persistence(wd: WindowData, split: str = 'test') -> np.ndarray:
     "Last observed target values repeated over the horizon."
     return np.repeat(wd.X[split][:, -1:, wd.target_idx], wd.horizon, 1)
@@ -188,6 +193,7 @@ def seasonal_naive(wd: WindowData, split: str = 'test', period: int | None = Non
     out[ok] = wd.Z[src[ok]][:, wd.target_idx]
     return out
 
+# %% ../../nbs/31_traffic.models.ipynb #61330bb5
 def fit_ridge(wd: WindowData, alpha: float = 1.0):
     "Ridge regression of the flattened horizon on the flattened window (train split)."
     from sklearn.linear_model import Ridge
@@ -195,9 +201,11 @@ def fit_ridge(wd: WindowData, alpha: float = 1.0):
     return Ridge(alpha=alpha).fit(X.reshape(len(X), -1), Y.reshape(len(Y), -1))
 
 def predict_ridge(m, wd: WindowData, split: str = 'test') -> np.ndarray:
+    "Ridge forecasts of `split`'s windows, shaped like its targets."
     X = wd.X[split]
     return m.predict(X.reshape(len(X), -1)).reshape(len(X), wd.horizon, len(wd.targets)).astype(np.float32)
 
+# %% ../../nbs/31_traffic.models.ipynb #79828bce
 def scores(pred: np.ndarray, true: np.ndarray) -> dict:
     "MSE and MAE over all windows, steps and targets (NaN predictions skipped)."
     ok = np.isfinite(pred)
@@ -226,7 +234,7 @@ def sine_table(n: int = 3000, period: int = 40, noise: float = 0.05, seed: int =
                       index=pd.date_range('2024-01-01', periods=n, freq='120s', tz='UTC', name=TIME_COL))
     df.attrs.update(capacity=10e9, step_s=STEP_S); return df
 
-# %% ../../nbs/31_traffic.models.ipynb #b2c0de02
+# %% ../../nbs/31_traffic.models.ipynb #cccfa448
 QUANTILES = (0.05, 0.1, 0.5, 0.9, 0.95)
 
 def pinball_loss(pred: torch.Tensor, y: torch.Tensor, qs: Sequence[float] = QUANTILES) -> torch.Tensor:
@@ -235,6 +243,7 @@ def pinball_loss(pred: torch.Tensor, y: torch.Tensor, qs: Sequence[float] = QUAN
     d = y.unsqueeze(-1) - pred
     return torch.maximum(q * d, (q - 1) * d).mean()
 
+# %% ../../nbs/31_traffic.models.ipynb #601b9bc7
 class QuantileNet(nn.Module):
     "One of `ARCHS` with a forecast per quantile, each added to the last observed value: (B, delta, F) → (B, horizon, G, Q)."
     def __init__(self, arch, n_in, delta, n_out, horizon, target_idx, qs: Sequence[float] = QUANTILES):
@@ -257,6 +266,7 @@ def predict_quantiles(m: QuantileNet, x: np.ndarray) -> np.ndarray:
     "Quantile forecasts (N, horizon, G, Q), sorted along Q (crossing quantiles rearranged)."
     return np.sort(predict(m, x), -1)
 
+# %% ../../nbs/31_traffic.models.ipynb #0876049f
 def coverage(lo: np.ndarray, hi: np.ndarray, y: np.ndarray) -> float:
     "Fraction of entries of `y` inside `[lo, hi]`."
     return float(((y >= lo) & (y <= hi)).mean())
@@ -267,39 +277,53 @@ def conformalize(lo_v, hi_v, y_v, alpha: float):
     k = int(np.ceil((1 - alpha) * (len(e) + 1)))
     return e[min(k, len(e)) - 1]
 
-# %% ../../nbs/31_traffic.models.ipynb #4b737355
+# %% ../../nbs/31_traffic.models.ipynb #9b9fc419
 def alarm_labels(df: pd.DataFrame, last: np.ndarray, k: int, thr: float = 0.9, capacity: float | None = None) -> np.ndarray:
     "(m, 2) bool: does utilisation of each direction reach `thr` in steps `t+1..t+k` (t = `last`)?"
     u = utilisation(df, capacity).to_numpy()
     fut = last[:, None] + np.arange(1, k + 1)[None]
     return (u[fut] >= thr).any(1)
 
+# %% ../../nbs/31_traffic.models.ipynb #2f24a0e5
 def pr_f1(pred: np.ndarray, true: np.ndarray) -> dict:
-    "Precision, recall and F1 of boolean alarms (all entries pooled)."
+    "Precision, recall and F1 of boolean alarms (all entries pooled), by scikit-learn; 0 where undefined."
+    from sklearn.metrics import precision_recall_fscore_support, confusion_matrix
     pred, true = np.asarray(pred, bool).ravel(), np.asarray(true, bool).ravel()
-    tp = int((pred & true).sum()); fp = int((pred & ~true).sum()); fn = int((~pred & true).sum())
-    p = tp / (tp + fp) if tp + fp else 0.; r = tp / (tp + fn) if tp + fn else 0.
-    return {'precision': p, 'recall': r, 'f1': 2 * p * r / (p + r) if p + r else 0., 'tp': tp, 'fp': fp, 'fn': fn}
+    p, r, f, _ = precision_recall_fscore_support(true, pred, average='binary', zero_division=0)
+    tn, fp, fn, tp = confusion_matrix(true, pred, labels=[False, True]).ravel()
+    return {'precision': float(p), 'recall': float(r), 'f1': float(f), 'tp': int(tp), 'fp': int(fp), 'fn': int(fn)}
 
 def best_threshold(score: np.ndarray, true: np.ndarray, grid: np.ndarray | None = None) -> float:
-    "The threshold on `score` with the best F1 against `true` (ties: the lowest)."
-    grid = np.unique(np.quantile(score, np.linspace(0.5, 0.999, 200))) if grid is None else grid
-    f = [pr_f1(score >= g, true)['f1'] for g in grid]
+    "The threshold on `score` (alarm: `score >= threshold`) with the best F1 against `true` among `grid` (ties: the lowest)."
+    from sklearn.metrics import precision_recall_curve
+    score, true = np.asarray(score, float).ravel(), np.asarray(true, bool).ravel()
+    grid = np.unique(np.quantile(score, np.linspace(0.5, 0.999, 200))) if grid is None else np.asarray(grid, float)
+    if not true.any(): return float(grid[0])                   # nothing to find: F1 = 0 at every threshold
+    prec, rec, th = precision_recall_curve(true, score)        # th ascending: every distinct score
+    pr, rc = prec[:-1], rec[:-1]
+    f1 = np.divide(2 * pr * rc, pr + rc, out=np.zeros_like(pr), where=pr + rc > 0)
+    j = np.searchsorted(th, grid, 'left')                      # `score >= g` raises the same alarms as `score >= th[j]`
+    f = np.where(j < th.size, f1[np.minimum(j, th.size - 1)], 0.)   # above every score: no alarm, F1 = 0
     return float(grid[int(np.argmax(f))])
 
-def lead_times(alarm: np.ndarray, last: np.ndarray, util: np.ndarray, k: int, thr: float = 0.9, step_s: float = STEP_S) -> dict:
-    "Onsets of `util >= thr` covered by windows `last`; for each, minutes between the first alarm in `[s-k, s-1]` and `s`."
+# %% ../../nbs/31_traffic.models.ipynb #548b7f3f
+def onset_leads(alarm: np.ndarray, last: np.ndarray, util: np.ndarray, k: int, thr: float = 0.9, step_s: float = STEP_S) -> np.ndarray:
+    "Lead time (minutes, 0 = missed) of every onset of `util >= thr` whose `k` preceding windows are all in `last`."
     alarm_at = np.zeros(len(util), bool); alarm_at[last[alarm]] = True
     covered = np.zeros(len(util), bool); covered[last] = True
     sat = util >= thr
-    onsets = [s for s in np.flatnonzero(sat[1:] & ~sat[:-1]) + 1 if s - k >= 0 and covered[s - k:s].all()]
     leads = []
-    for s in onsets:
+    for s in np.flatnonzero(sat[1:] & ~sat[:-1]) + 1:
+        if s - k < 0 or not covered[s - k:s].all(): continue
         hit = np.flatnonzero(alarm_at[s - k:s])
         leads.append((k - hit[0]) * step_s / 60 if hit.size else 0.)
-    leads = np.array(leads)
+    return np.array(leads)
+
+def lead_times(alarm: np.ndarray, last: np.ndarray, util: np.ndarray, k: int, thr: float = 0.9, step_s: float = STEP_S) -> dict:
+    "Summary of `onset_leads`: onsets covered by the windows `last`, fraction warned, median lead of the warned, mean lead (minutes)."
+    leads = onset_leads(alarm, last, util, k, thr, step_s)
     warned = leads > 0
-    return {'onsets': len(onsets), 'warned': float(warned.mean()) if len(leads) else float('nan'),
+    return {'onsets': len(leads), 'warned': float(warned.mean()) if len(leads) else float('nan'),
             'lead_median_min': float(np.median(leads[warned])) if warned.any() else 0.,
             'lead_mean_min': float(leads.mean()) if len(leads) else 0.}
 
@@ -331,24 +355,12 @@ def train_alarm(df: pd.DataFrame, arch: str = 'cnn_lstm', delta: int = 10, k: in
     res['positives'] = float(lab['test'].any(1).mean())
     return {'scores': res, 'model': m, 'wd': wd, 'prob': p['test'], 'alarm': p['test'] >= cut, 'labels': lab['test']}
 
-# %% ../../nbs/31_traffic.models.ipynb #b2c0de06
+# %% ../../nbs/31_traffic.models.ipynb #f340e43a
 def far_threshold(score: np.ndarray, label: np.ndarray, far: float) -> float:
     "Threshold on `score` at which a fraction `far` of the negatives (`~label`) raise the alarm (`score > threshold`)."
     neg = np.sort(np.asarray(score)[~np.asarray(label, bool)])
     if not neg.size: raise VMLInputError("no negative windows to set a false-alarm rate on", field='far')
     return float(neg[min(neg.size - 1, int(np.floor((1 - far) * neg.size)))] if far > 0 else neg[-1])
-
-def onset_leads(alarm: np.ndarray, last: np.ndarray, util: np.ndarray, k: int, thr: float = 0.9, step_s: float = STEP_S) -> np.ndarray:
-    "Lead time (minutes, 0 = missed) of every onset of `util >= thr` whose `k` preceding windows are all in `last`."
-    alarm_at = np.zeros(len(util), bool); alarm_at[last[alarm]] = True
-    covered = np.zeros(len(util), bool); covered[last] = True
-    sat = util >= thr
-    leads = []
-    for s in np.flatnonzero(sat[1:] & ~sat[:-1]) + 1:
-        if s - k < 0 or not covered[s - k:s].all(): continue
-        hit = np.flatnonzero(alarm_at[s - k:s])
-        leads.append((k - hit[0]) * step_s / 60 if hit.size else 0.)
-    return np.array(leads)
 
 def train_alarms(df: pd.DataFrame, ks: Sequence[int] = (5, 10, 15), far: float = 0.05, arch: str = 'cnn_lstm', delta: int = 10,
                  thr: float = 0.9, epochs: int = 5, bs: int = 256, lr: float = 1e-2, seed: int = 0, state: bool = True,
@@ -431,7 +443,7 @@ def run_traffic(csv: str, capacity: float = 10e9, model: str = 'cnn_lstm', delta
     return {'metrics': metrics, 'scores': sc, 'forecast': fc}
 
 @call_parse(pos=['csv'])
-@cli_errors('vml-traffic')
+@cli_errors('vml-traffic-train')
 def vml_traffic(
     csv: str = '',             # Link export (CSV/Parquet: timestamp + metric columns); with --records: link counters for `traffic`
     capacity: float = 10e9,    # Link capacity per direction, bits/s
