@@ -25,9 +25,9 @@ from ..core import (VMLError, VMLInputError, cli_errors, atomic_write, save_json
 # %% auto #0
 __all__ = ['LR_RULES', 'TDP_PER_CORE_W', 'CARBON_G_PER_KWH', 'J_PER_KWH', 'TASKS', 'scaled_lr', 'warmup_factor', 'rapl_domains',
            'rapl_delta_j', 'EnergyMeter', 'energy_account', 'unwrap', 'StepContext', 'TrainTask', 'RegressorTask',
-           'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task', 'TrainConfig', 'dist_env',
-           'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch', 'params_of', 'max_param_diff',
-           'Calo3DGANTask', 'CaloDiTTask', 'shower_metrics', 'vml_train']
+           'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task', 'load_adapters', 'TrainConfig',
+           'dist_env', 'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch', 'params_of',
+           'max_param_diff', 'shower_metrics', 'Calo3DGANTask', 'CaloDiTTask', 'vml_train']
 
 # %% ../../nbs/60_distributed.ddp.ipynb #e47fc729
 LR_RULES = ('linear', 'sqrt', 'none')
@@ -142,7 +142,7 @@ class TrainTask:
     @torch.no_grad()
     def metrics(self, models: dict, valid: Dataset) -> dict: return {}
 
-# %% ../../nbs/60_distributed.ddp.ipynb #22b0eb45
+# %% ../../nbs/60_distributed.ddp.ipynb #aa2eb4c9
 from ..calo.data import SAMPLING_FRACTION     # sum(showers)/E of the Geant4 electrons (data/g4/README.md)
 
 def _g4_split(n_train: int, n_valid: int, kind: str = 'electrons'):
@@ -181,6 +181,7 @@ class RegressorTask(TrainTask):
         return {'valid_mse': float(((pred - y)**2).mean()), 'resolution': float(np.std(ratio)), 'response': float(np.mean(ratio)),
                 'resolution_sum_cells': float(np.std(ref)), 'response_sum_cells': float(np.mean(ref))}
 
+# %% ../../nbs/60_distributed.ddp.ipynb #c3a9d01f
 class ProfileGenerator(nn.Module):
     "(noise, log10 E) → profile = softmax(shape logits) × exp(0.1·t): a shape that sums to 1 times a total near 1."
     def __init__(self, latent: int = 8, hidden: int = 64, n_layers: int = 45):
@@ -242,20 +243,21 @@ class ProfileGANTask(TrainTask):
                 'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
                 'shower_max_gen': shower_max(fake.mean(0)), 'shower_max_g4': shower_max(r.mean(0))}
 
+# %% ../../nbs/60_distributed.ddp.ipynb #af352566
 TASKS: dict[str, type] = {'regressor': RegressorTask, 'profile_gan': ProfileGANTask}
 
 def register_task(name: str, cls: type) -> type:
-    "Make `cls` (a `TrainTask` subclass) available to `vml-train --task name`."
+    "Make `cls` (a `TrainTask` subclass) available to `vml-ddp-train --task name`."
     TASKS[name] = cls; return cls
 
 def make_task(name: str, **kwargs) -> TrainTask:
     "Instantiate the registered task `name` with `kwargs`."
-    _load_adapters()
+    load_adapters()
     if name not in TASKS: raise VMLInputError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}", field='task')
     try: return TASKS[name](**kwargs)
     except TypeError as e: raise VMLInputError(f"bad task arguments for {name!r}: {e}", field='task_args') from None
 
-def _load_adapters():
+def load_adapters():
     "Register the calo adapters whose modules are installed: `calo_gan` (calo.gan), `calo_dit` (calo.diffusion)."
     import importlib.util
     for name, cls_name, mod in (('calo_gan', 'Calo3DGANTask', 'gan'), ('calo_dit', 'CaloDiTTask', 'diffusion')):
@@ -263,7 +265,7 @@ def _load_adapters():
         if cls is not None and name not in TASKS and importlib.util.find_spec(f'vallecorsa_ml.calo.{mod}') is not None:
             TASKS[name] = cls
 
-# %% ../../nbs/60_distributed.ddp.ipynb #1af79fe9
+# %% ../../nbs/60_distributed.ddp.ipynb #a697b604
 @dataclass
 class TrainConfig:
     "One training run (JSON-serialisable; every torchrun worker reads the same one)."
@@ -302,11 +304,13 @@ class TrainConfig:
         scaled_lr(self.lr, self.global_batch, self.base_batch, self.lr_rule)
         return self
 
+# %% ../../nbs/60_distributed.ddp.ipynb #db81bcb0
 def dist_env() -> tuple[int, int, int, int]:
     "(rank, world_size, local_rank, local_world_size) from the torchrun environment; (0, 1, 0, 1) without it."
     g = lambda k, d: int(os.environ.get(k, d))
     return g('RANK', 0), g('WORLD_SIZE', 1), g('LOCAL_RANK', 0), g('LOCAL_WORLD_SIZE', os.environ.get('WORLD_SIZE', 1))
 
+# %% ../../nbs/60_distributed.ddp.ipynb #326db818
 class _Indexed(Dataset):
     def __init__(self, ds): self.ds = ds
     def __len__(self): return len(self.ds)
@@ -314,6 +318,13 @@ class _Indexed(Dataset):
         item = self.ds[i]
         return (i, *item) if isinstance(item, (tuple, list)) else (i, item)
 
+def _steady_median(step_times, start):
+    "Median step time, leaving out the first epoch of the run (warm-up) when there are later ones."
+    later = [t for e, t in step_times if e > start]
+    ts = later or [t for _, t in step_times]
+    return float(np.median(ts)) if ts else float('nan')
+
+# %% ../../nbs/60_distributed.ddp.ipynb #26de12d8
 def _ckpt_state(task, cfg, models, opts, epoch, history, world):
     return {'format': 'vml-ddp-1', 'task': cfg.task, 'task_args': cfg.task_args, 'epoch': epoch, 'seed': cfg.seed,
             'global_batch': cfg.global_batch, 'world_size': world, 'lr_rule': cfg.lr_rule,
@@ -331,9 +342,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not p.exists(): raise VMLInputError("checkpoint not found", file=p)
     try: st = torch.load(p, map_location='cpu', weights_only=False)
     except Exception as e: raise VMLInputError(f"not a readable checkpoint ({type(e).__name__})", file=p) from None
-    if not isinstance(st, dict) or st.get('format') != 'vml-ddp-1': raise VMLInputError("not a vml-train checkpoint", file=p, field='format')
+    if not isinstance(st, dict) or st.get('format') != 'vml-ddp-1': raise VMLInputError("not a vml-ddp-train checkpoint", file=p, field='format')
     return st
 
+# %% ../../nbs/60_distributed.ddp.ipynb #3d15f6eb
 def _device(cfg, local_rank):
     dev = cfg.device
     if dev == 'auto': dev = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -355,6 +367,7 @@ def _nvml_energy_mj(index) -> float | None:
 def _to(batch, dev):
     return [b.to(dev, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch]
 
+# %% ../../nbs/60_distributed.ddp.ipynb #5e2c968e
 def train(cfg: TrainConfig) -> dict:
     "Run `cfg` in this process (one rank of a torchrun job, or alone). Returns the summary rank 0 writes to `metrics.json`."
     cfg = cfg.check()
@@ -369,12 +382,6 @@ def train(cfg: TrainConfig) -> dict:
         return _train(cfg, rank, world, local_rank, dev)
     finally:
         if own_group: dist.destroy_process_group()
-
-def _steady_median(step_times, start):
-    "Median step time, leaving out the first epoch of the run (warm-up) when there are later ones."
-    later = [t for e, t in step_times if e > start]
-    ts = later or [t for _, t in step_times]
-    return float(np.median(ts)) if ts else float('nan')
 
 def _train(cfg, rank, world, local_rank, dev):
     if cfg.global_batch % world: raise VMLInputError(f"global_batch {cfg.global_batch} is not divisible by {world} processes", field='global_batch')
@@ -465,7 +472,7 @@ def _train(cfg, rank, world, local_rank, dev):
         save_json({**summary, 'history': history}, out/'metrics.json')
     return {**summary, 'history': history}
 
-# %% ../../nbs/60_distributed.ddp.ipynb #265aab4e
+# %% ../../nbs/60_distributed.ddp.ipynb #42948a65
 _WORKER = "import sys; from vallecorsa_ml.distributed.ddp import _worker_main; _worker_main(sys.argv[1])"
 
 def _worker_main(cfg_path: str):
@@ -482,6 +489,7 @@ def torchrun_cmd(nproc: int, *worker: str, nnodes: int = 1, rdzv_endpoint: str =
         cmd += ['--standalone', '--nnodes', '1']
     return cmd + ['--no-python', *worker]
 
+# %% ../../nbs/60_distributed.ddp.ipynb #ec65b41f
 def launch(cfg: TrainConfig, nproc: int = 1, timeout: float | None = None) -> dict:
     "Run `cfg` on `nproc` local processes (torchrun when > 1); return rank 0's summary (also `cfg.out/metrics.json`)."
     cfg = cfg.check()
@@ -504,6 +512,7 @@ def launch(cfg: TrainConfig, nproc: int = 1, timeout: float | None = None) -> di
         raise VMLError(f"torchrun exited with {r.returncode}: {msg.strip()[:300]} (log: {out/'launch.log'})")
     return load_json(out/'metrics.json')
 
+# %% ../../nbs/60_distributed.ddp.ipynb #0a253a12
 def params_of(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     "All model parameters of a checkpoint, flattened to `{'model.param': tensor}`."
     st = load_checkpoint(path)
@@ -514,7 +523,20 @@ def max_param_diff(a: dict, b: dict) -> float:
     if a.keys() != b.keys(): raise VMLInputError("the checkpoints hold different parameters", field='models')
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
-# %% ../../nbs/60_distributed.ddp.ipynb #aa160cf9
+# %% ../../nbs/60_distributed.ddp.ipynb #a1d318f5
+def shower_metrics(x: np.ndarray, ref) -> dict:
+    "Sampling fraction (mean, rms) and shower maximum of generated showers `x` (MeV) against the Geant4 `ref` (`ShowerData`)."
+    from vallecorsa_ml.calo.features import longitudinal_profile, shower_max
+    from vallecorsa_ml.calo.data import ShowerData
+    e = np.asarray(ref.energies, float)
+    sf_g, sf_r = np.asarray(x, float).reshape(len(e), -1).sum(1)/e, ref.showers.reshape(len(e), -1).sum(1)/e
+    pg = longitudinal_profile(ShowerData(np.asarray(x, np.float32), e, geometry=ref.geometry)).mean(0)
+    pr = longitudinal_profile(ref).mean(0)
+    return {'sf_mean_gen': float(sf_g.mean()), 'sf_mean_g4': float(sf_r.mean()), 'sf_mean_rel_err': float(abs(sf_g.mean()/sf_r.mean() - 1)),
+            'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
+            'shower_max_gen': shower_max(pg), 'shower_max_g4': shower_max(pr)}
+
+# %% ../../nbs/60_distributed.ddp.ipynb #a7c1eb6c
 class _GenU(nn.Module):
     "Routes `forward` to a 3DGAN generator's `forward_u`, so that DDP (which hooks `forward`) syncs its gradients."
     def __init__(self, G): super().__init__(); self.G = G
@@ -565,6 +587,7 @@ class Calo3DGANTask(TrainTask):
         G.train()
         return shower_metrics(x, valid.showers)
 
+# %% ../../nbs/60_distributed.ddp.ipynb #1fdff7d4
 class CaloDiTTask(TrainTask):
     "Adapter: `vallecorsa_ml.calo.diffusion` (CaloDiT, EDM loss) trained by this engine with rank-invariant noise; same metrics."
     name = 'calo_dit'
@@ -604,21 +627,9 @@ class CaloDiTTask(TrainTask):
         x = models['dit'].sample(ref.energies, ref.theta, ref.phi, detector=self.det, seed=1234, steps=self.sample_steps, return_torch=True)
         return shower_metrics(x.double().numpy(), ref)
 
-def shower_metrics(x: np.ndarray, ref) -> dict:
-    "Sampling fraction (mean, rms) and shower maximum of generated showers `x` (MeV) against the Geant4 `ref` (`ShowerData`)."
-    from vallecorsa_ml.calo.features import longitudinal_profile, shower_max
-    from vallecorsa_ml.calo.data import ShowerData
-    e = np.asarray(ref.energies, float)
-    sf_g, sf_r = np.asarray(x, float).reshape(len(e), -1).sum(1)/e, ref.showers.reshape(len(e), -1).sum(1)/e
-    pg = longitudinal_profile(ShowerData(np.asarray(x, np.float32), e, geometry=ref.geometry)).mean(0)
-    pr = longitudinal_profile(ref).mean(0)
-    return {'sf_mean_gen': float(sf_g.mean()), 'sf_mean_g4': float(sf_r.mean()), 'sf_mean_rel_err': float(abs(sf_g.mean()/sf_r.mean() - 1)),
-            'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
-            'shower_max_gen': shower_max(pg), 'shower_max_g4': shower_max(pr)}
-
 # %% ../../nbs/60_distributed.ddp.ipynb #9451f9f4
 @call_parse
-@cli_errors('vml-train')
+@cli_errors('vml-ddp-train')
 def vml_train(task: str = 'regressor',       # task: regressor, profile_gan, calo_gan (3DGAN), calo_dit (CaloDiT)
               nproc: int = 1,                # local processes (torchrun when > 1)
               epochs: int = 2,               # total epochs (a resumed run continues to this count)
@@ -643,7 +654,7 @@ def vml_train(task: str = 'regressor',       # task: regressor, profile_gan, cal
     if resume and not Path(resume).exists(): raise VMLInputError("checkpoint not found", file=resume)
     make_task(task, **targs)  # validate names and arguments before starting processes
     cfg = TrainConfig(task=task, task_args=targs, epochs=epochs, global_batch=batch, lr=lr, base_batch=base_batch,
-                      lr_rule=lr_rule, warmup_steps=warmup, seed=seed, out=out or str(run_folder(None, f'vml-train-{task}')),
+                      lr_rule=lr_rule, warmup_steps=warmup, seed=seed, out=out or str(run_folder(None, f'vml-ddp-train-{task}')),
                       resume=resume, device=device, threads=threads, bf16=bf16, save_rank_params=save_rank_params).check()
     worker = 'LOCAL_RANK' in os.environ
     s = train(cfg) if worker else launch(cfg, nproc)

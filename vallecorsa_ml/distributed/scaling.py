@@ -61,7 +61,7 @@ class ScalingModel:
     def strong_efficiency(self, n: int, global_batch: float) -> float:
         return self.throughput(n, global_batch/n)/(n*self.throughput(1, global_batch))
 
-# %% ../../nbs/61_distributed.scaling.ipynb #4016d366
+# %% ../../nbs/61_distributed.scaling.ipynb #d68e6638
 def allreduce_times(nbytes: list[int], repeats: int = 10, warmup: int = 2) -> list[float]:
     "Median seconds of `dist.all_reduce` (sum) of float32 tensors of `nbytes` each, max over ranks (needs a group)."
     res = []
@@ -92,6 +92,7 @@ def bench_worker(spec_path: str):
     finally:
         dist.destroy_process_group()
 
+# %% ../../nbs/61_distributed.scaling.ipynb #6665740c
 def time_to_target(history: list[dict], target) -> float | None:
     "Cumulative training seconds until `target = (metric, value, 'min'|'max')` is first met in `history`; None if never."
     if not target: return None
@@ -103,6 +104,7 @@ def time_to_target(history: list[dict], target) -> float | None:
         if v is not None and (v <= val if mode == 'min' else v >= val): return t
     return None
 
+# %% ../../nbs/61_distributed.scaling.ipynb #0432d03f
 def _case(s: dict, name: str, nproc: int, target) -> dict:
     steady = s['global_batch']/s['step_s_median'] if s.get('step_s_median') else float('nan')
     return {'case': name, 'procs': nproc, 'threads_per_proc': s['threads_per_rank'], 'global_batch': s['global_batch'],
@@ -115,6 +117,7 @@ def grad_bytes(task: str, task_args: dict | None = None) -> int:
     ms = make_task(task, **(task_args or {})).make_models()
     return 4*sum(p.numel() for m in ms.values() for p in m.parameters() if p.requires_grad)
 
+# %% ../../nbs/61_distributed.scaling.ipynb #65aa175d
 def measure_scaling(task: str = 'regressor', task_args: dict | None = None, nprocs=(2,), global_batch: int = 64,
                     epochs: int = 3, lr: float = 1e-3, sizes=(4_096, 65_536, 1_048_576, 4_194_304), repeats: int = 10,
                     out: str | os.PathLike | None = None, timeout: float | None = 900) -> dict:
@@ -311,7 +314,7 @@ def scaling_report(meas: dict, b: float = 32, e_train: float | None = None, e_ge
     return '\n'.join(parts)
 
 @call_parse
-@cli_errors('vml-bench-ddp')
+@cli_errors('vml-ddp-bench')
 def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_gan, ...)
                   nproc: int = 2,            # largest number of local processes
                   batch: int = 64,           # global batch
@@ -326,12 +329,12 @@ def vml_bench_ddp(task: str = 'regressor',   # task to time (regressor, profile_
     if nproc < 2: raise VMLInputError("nproc must be >= 2", field='nproc')
     if batch % nproc: raise VMLInputError(f"batch {batch} is not divisible by {nproc}", field='batch')
     make_task(task)
-    o = Path(out) if out else run_folder(None, 'vml-bench-ddp')
+    o = Path(out) if out else run_folder(None, 'vml-ddp-bench')
     meas = measure_scaling(task, dict(n_train=n_train, n_valid=116), nprocs=tuple(range(2, nproc + 1)), global_batch=batch,
                            epochs=epochs, repeats=repeats, out=o)
     gan = train(TrainConfig('profile_gan', dict(n_train=n_train, n_valid=116), epochs=gan_epochs, global_batch=64, lr=5e-4))
-    from vallecorsa_ml.distributed.ddp import TASKS, _load_adapters
-    _load_adapters()
+    from vallecorsa_ml.distributed.ddp import TASKS, load_adapters
+    load_adapters()
     gc = []
     for t in ('calo_gan', 'calo_dit') if gan_cost else ():
         if t in TASKS:
