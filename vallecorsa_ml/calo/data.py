@@ -23,7 +23,7 @@ __all__ = ['SAMPLING_FRACTION', 'CALOCHALLENGE_SAMPLING_FRACTION', 'ENERGY_UNITS
            'shower_units', 'to_calochallenge', 'write_showers', 'g4_path', 'load_g4', 'load_showers', 'showers_from',
            'g4_cpu_seconds', 'ShowerTransform', 'EincScale', 'LogTransform', 'PowerTransform', 'Compose',
            'condition_vector', 'ShowerDataset', 'shower_dataloaders', 'energy_bin', 'readout_view', 'cell_map',
-           'apply_readout', 'fit_readout', 'fit_slice_map', 'apply_slice_map']
+           'apply_readout', 'quantile_knots', 'fit_readout', 'fit_slice_map', 'apply_slice_map']
 
 # %% ../../nbs/11_calo.data.ipynb #140e4a0a
 @dataclass
@@ -549,6 +549,13 @@ def apply_readout(e: torch.Tensor, bins: torch.Tensor, thr: torch.Tensor, q: tor
     return e if q is None else cell_map(e, q[bins], r[bins])
 
 # %% ../../nbs/11_calo.data.ipynb #6a1c5634
+def quantile_knots(gen_values: torch.Tensor, ref_values: torch.Tensor, levels: torch.Tensor) -> tuple:
+    """Knots `(q, r)` (float32) of the monotone map of log energies: `q` the quantiles `levels` of log `gen_values`, made
+    strictly increasing, `r` those of log `ref_values`."""
+    qg = torch.quantile(torch.log(gen_values.double()), levels)
+    q = torch.cummax(qg + torch.arange(len(levels), dtype=torch.float64)*1e-9, 0).values.float()   # strictly increasing
+    return q, torch.quantile(torch.log(ref_values.double()), levels).float()
+
 @torch.no_grad()
 def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, ref_bins: torch.Tensor, thr: float = 5e-4,
                 n_bins: int = len(READOUT_EDGES) - 1, min_showers: int = 20, min_cells: int = 64, value_map: bool = True) -> dict:
@@ -581,9 +588,7 @@ def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, re
             for c in range(C):
                 gv, fv = g[a, c][g[a, c] >= t[a, c]], rv[a, c][rv[a, c] >= thr]
                 if len(gv) < min_cells or len(fv) < min_cells: continue
-                qg = torch.quantile(torch.log(gv.double()), levels)
-                out['q'][j, a, c] = torch.cummax(qg + torch.arange(K, dtype=torch.float64)*1e-9, 0).values.float()   # strictly increasing
-                out['r'][j, a, c] = torch.quantile(torch.log(fv.double()), levels).float()
+                out['q'][j, a, c], out['r'][j, a, c] = quantile_knots(gv, fv, levels)
     return _fill_unfitted(out, ('thr', 'q', 'r'))
 
 def _fill_unfitted(out: dict, keys) -> dict:
@@ -615,9 +620,7 @@ def fit_slice_map(gen: torch.Tensor, gen_E, ref: torch.Tensor, ref_E, n_bins: in
         for a in range(A):
             gv, fv = g[m, a][g[m, a] > 0], f[mf, a][f[mf, a] > 0]
             if len(gv) < min_showers or len(fv) < min_showers: continue
-            qg = torch.quantile(torch.log(gv.double()), levels)
-            out['q'][j, a] = torch.cummax(qg + torch.arange(K, dtype=torch.float64)*1e-9, 0).values.float()
-            out['r'][j, a] = torch.quantile(torch.log(fv.double()), levels).float()
+            out['q'][j, a], out['r'][j, a] = quantile_knots(gv, fv, levels)
         out['fitted'][j] = True
     return _fill_unfitted(out, ('q', 'r'))
 

@@ -12,8 +12,8 @@ import numpy as np
 from ..core import VMLInputError
 
 # %% auto #0
-__all__ = ['DS2', 'DS3', 'CART25', 'CART51', 'GEOMETRIES', 'rphi_to_xy', 'xy_to_rphi', 'CylMesh', 'CartMesh', 'get_geometry',
-           'infer_geometry', 'mesh_dict']
+__all__ = ['DS2', 'DS3', 'CART25', 'CART51', 'GEOMETRIES', 'rphi_to_xy', 'xy_to_rphi', 'MeshArrays', 'CylMesh', 'CartMesh',
+           'get_geometry', 'infer_geometry', 'mesh_dict']
 
 # %% ../../nbs/10_calo.geometry.ipynb #0b7c4baa
 def rphi_to_xy(r, phi):
@@ -29,21 +29,26 @@ def xy_to_rphi(x, y):
     return np.hypot(x, y), phi
 
 # %% ../../nbs/10_calo.geometry.ipynb #3acc6c1b
-def _as_shaped(a, shape, n_cells, what):
-    a = np.asarray(a)
-    if a.shape[-len(shape):] == tuple(shape): return a
-    if a.shape and a.shape[-1] == n_cells: return a.reshape(*a.shape[:-1], *shape)
-    raise VMLInputError(f"array of shape {a.shape} matches neither (..., {n_cells}) nor (..., {', '.join(map(str, shape))})", field=what)
-
-def _as_flat(a, shape, n_cells, what):
-    a = np.asarray(a)
-    if a.shape and a.shape[-1] == n_cells and a.shape[-len(shape):] != tuple(shape): return a
-    if a.shape[-len(shape):] == tuple(shape): return a.reshape(*a.shape[:-len(shape)], n_cells)
-    if a.shape and a.shape[-1] == n_cells: return a
-    raise VMLInputError(f"array of shape {a.shape} matches neither (..., {n_cells}) nor (..., {', '.join(map(str, shape))})", field=what)
+class MeshArrays:
+    "Flat ↔ shaped conversions shared by the meshes (which define `shape`, `n_cells` and `name`); plain C-order reshapes."
+    def _mismatch(self, a):
+        return VMLInputError(f"array of shape {a.shape} matches neither (..., {self.n_cells}) nor (..., {', '.join(map(str, self.shape))})", field=self.name)
+    def to_flat(self, a) -> np.ndarray:
+        "`(..., *shape)` → `(..., n_cells)` (flat arrays pass through)."
+        a, shape, n_cells = np.asarray(a), tuple(self.shape), self.n_cells
+        if a.shape and a.shape[-1] == n_cells and a.shape[-len(shape):] != shape: return a
+        if a.shape[-len(shape):] == shape: return a.reshape(*a.shape[:-len(shape)], n_cells)
+        if a.shape and a.shape[-1] == n_cells: return a
+        raise self._mismatch(a)
+    def to_shaped(self, a) -> np.ndarray:
+        "`(..., n_cells)` → `(..., *shape)` (shaped arrays pass through)."
+        a, shape = np.asarray(a), tuple(self.shape)
+        if a.shape[-len(shape):] == shape: return a
+        if a.shape and a.shape[-1] == self.n_cells: return a.reshape(*a.shape[:-1], *shape)
+        raise self._mismatch(a)
 
 @dataclass(frozen=True)
-class CylMesh:
+class CylMesh(MeshArrays):
     "Cylindrical readout mesh (Par04 / CaloChallenge): `n_z` slices of `dz` mm, `n_phi` sectors, `n_r` rings of `dr` mm."
     name: str
     n_z: int
@@ -107,13 +112,6 @@ class CylMesh:
         inside = (iz >= 0) & (iz < self.n_z) & (ir < self.n_r)
         return np.where(inside, iz*self.n_phi*self.n_r + iphi*self.n_r + ir, -1)
 
-    def to_flat(self, a) -> np.ndarray:
-        "`(..., n_z, n_phi, n_r)` → `(..., n_cells)` (flat arrays pass through)."
-        return _as_flat(a, self.shape, self.n_cells, self.name)
-    def to_shaped(self, a) -> np.ndarray:
-        "`(..., n_cells)` → `(..., n_z, n_phi, n_r)` (shaped arrays pass through)."
-        return _as_shaped(a, self.shape, self.n_cells, self.name)
-
     def layer_view(self, a) -> np.ndarray:
         "Showers as `(N, n_layers, cells_per_layer)`; layers are z slices, cells ordered like `cell_xy().ravel()`."
         s = self.to_shaped(a)
@@ -127,7 +125,7 @@ DS3 = CylMesh('ds3', 45, 50, 18, 3.4, 2.325)
 
 # %% ../../nbs/10_calo.geometry.ipynb #8d63de42
 @dataclass(frozen=True)
-class CartMesh:
+class CartMesh(MeshArrays):
     "Cartesian readout mesh `(nx, ny, nz)`, cell sizes in mm, depth `z` last (3DGAN `ECAL` layout), centred in x, y."
     name: str
     nx: int
@@ -179,12 +177,6 @@ class CartMesh:
         iz = np.floor(z/self.dz).astype(np.int64)
         inside = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny) & (iz >= 0) & (iz < self.nz)
         return np.where(inside, ix*self.ny*self.nz + iy*self.nz + iz, -1)
-    def to_flat(self, a) -> np.ndarray:
-        "`(..., nx, ny, nz)` → `(..., n_cells)`."
-        return _as_flat(a, self.shape, self.n_cells, self.name)
-    def to_shaped(self, a) -> np.ndarray:
-        "`(..., n_cells)` → `(..., nx, ny, nz)`."
-        return _as_shaped(a, self.shape, self.n_cells, self.name)
     def layer_view(self, a) -> np.ndarray:
         "Showers as `(N, nz, nx*ny)`: depth layers first, cells ordered like `layer_xy()`."
         s = self.to_shaped(a)

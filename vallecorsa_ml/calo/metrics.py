@@ -10,7 +10,7 @@ import os, io, copy, math, time, html, base64
 from pathlib import Path
 import numpy as np
 from ..core import (VMLInputError, seed_everything, save_json, check_profile, pick, run_folder, save_metrics,
-                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output, check_memory)
+                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output, check_memory, set_threads)
 from .geometry import CylMesh, CartMesh, get_geometry
 from .data import (ShowerData, read_showers, load_g4, load_showers, concat_showers, showers_from,
                                      shower_units, to_calochallenge, ENERGY_UNITS)
@@ -20,10 +20,10 @@ from .features import (high_level_features, hlf_matrix, longitudinal_profile, tr
 # %% auto #0
 __all__ = ['CALOCHALLENGE_MIN_ENERGY', 'OFFICIAL_LABELS', 'separation_power_hist', 'separation_power', 'apply_threshold',
            'official_sample', 'official_features', 'histogram_set', 'cell_spectrum_bins', 'separation_powers',
-           'summarize_separation', 'official_label', 'official_separation_powers', 'limit_threads', 'ClassifierDNN',
-           'classifier_inputs', 'classifier_test', 'normalise_features', 'frechet_distance', 'fpd', 'kpd',
-           'hist_compare', 'plot_feature_grid', 'plot_average_shower', 'plot_profiles', 'evaluate', 'vml_evaluate',
-           'bench_eval', 'vml_bench_eval']
+           'summarize_separation', 'official_label', 'official_separation_powers', 'ClassifierDNN', 'classifier_inputs',
+           'classifier_test', 'normalise_features', 'feature_pair', 'frechet_distance', 'fpd', 'kpd', 'hist_compare',
+           'plot_feature_grid', 'plot_average_shower', 'plot_profiles', 'evaluate', 'vml_evaluate', 'bench_eval',
+           'vml_bench_eval']
 
 # %% ../../nbs/14_calo.metrics.ipynb #97165377
 def separation_power_hist(h1, h2) -> float:
@@ -163,23 +163,10 @@ def official_separation_powers(path) -> dict:
         out[key] = float(val)
     return out
 
-# %% ../../nbs/14_calo.metrics.ipynb #725ebfb7
+# %% ../../nbs/14_calo.metrics.ipynb #afbbb3d6
 import torch
 from torch import nn
-import contextlib
 
-@contextlib.contextmanager
-def limit_threads(n: int | None = 1):
-    "Temporarily run torch and the BLAS pools with `n` threads (None: leave as is)."
-    if n is None: yield; return
-    from threadpoolctl import threadpool_limits
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(n): yield
-    finally: torch.set_num_threads(prev)
-
-# %% ../../nbs/14_calo.metrics.ipynb #afbbb3d6
 class ClassifierDNN(nn.Module):
     "The CaloChallenge evaluation classifier: input → `n_hidden` → (`n_layer` × `n_hidden`) → 1 logit, LeakyReLU."
     def __init__(self, input_dim: int, n_layer: int = 2, n_hidden: int = 512, dropout: float = 0.0):
@@ -216,7 +203,7 @@ def classifier_test(gen, ref, kind: str = 'high', epochs: int = 50, seed: int = 
                     gen_features: dict | None = None, ref_features: dict | None = None, verbose: bool = False,
                     threads: int | None = 1) -> dict:
     "CaloChallenge classifier test of `gen` vs `ref` (ShowerData or input matrices): calibrated AUC and JSD on held-out data."
-    with limit_threads(threads):
+    with set_threads(threads):
         return _classifier_test(gen, ref, kind, epochs, seed, batch_size, lr, n_layer, n_hidden, max_n, gen_features, ref_features, verbose)
 
 def _classifier_test(gen, ref, kind, epochs, seed, batch_size, lr, n_layer, n_hidden, max_n, gen_features, ref_features, verbose):
@@ -268,6 +255,12 @@ def normalise_features(x, y=None):
     m = np.max(np.abs(x), axis=0); m = np.where(m > 0, m, 1.0)
     return (x/m, None) if y is None else (x/m, y/m)
 
+def feature_pair(real, gen, normalise: bool = True) -> tuple:
+    "`real` and `gen` as float matrices with the same columns (else `VMLInputError`), normalised by `real`'s maxima when `normalise`."
+    x, y = np.asarray(real, float), np.asarray(gen, float)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]: raise VMLInputError(f"feature matrices of shapes {x.shape} and {y.shape} do not match", field='features')
+    return normalise_features(x, y) if normalise else (x, y)
+
 def frechet_distance(mu1, s1, mu2, s2) -> float:
     "Fréchet distance between Gaussians N(mu1, s1) and N(mu2, s2)."
     d = mu1 - mu2
@@ -281,13 +274,11 @@ def frechet_distance(mu1, s1, mu2, s2) -> float:
 def fpd(real, gen, min_samples: int = 20000, max_samples: int = 50000, num_batches: int = 20, num_points: int = 10,
         normalise: bool = True, seed: int = 42, threads: int | None = 1) -> tuple:
     "Fréchet physics distance extrapolated to infinite sample size: (value, error) — jetnet's definition."
-    with limit_threads(threads): return _fpd(real, gen, min_samples, max_samples, num_batches, num_points, normalise, seed)
+    with set_threads(threads): return _fpd(real, gen, min_samples, max_samples, num_batches, num_points, normalise, seed)
 
 def _fpd(real, gen, min_samples, max_samples, num_batches, num_points, normalise, seed):
     from scipy.optimize import curve_fit
-    x, y = np.asarray(real, float), np.asarray(gen, float)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]: raise VMLInputError(f"feature matrices of shapes {x.shape} and {y.shape} do not match", field='features')
-    if normalise: x, y = normalise_features(x, y)
+    x, y = feature_pair(real, gen, normalise)
     rng = np.random.default_rng(seed)
     sizes = (1/np.linspace(1/min_samples, 1/max_samples, num_points)).astype(np.int64)
     vals = []
@@ -309,13 +300,11 @@ def _mmd_poly_unbiased(x, y):
 
 def kpd(real, gen, num_batches: int = 10, batch_size: int = 5000, normalise: bool = True, seed: int = 42, threads: int | None = 1) -> tuple:
     "Kernel physics distance (unbiased cubic-kernel MMD²): (median, half 68 % inter-quantile range) — jetnet's definition."
-    with limit_threads(threads): return _kpd(real, gen, num_batches, batch_size, normalise, seed)
+    with set_threads(threads): return _kpd(real, gen, num_batches, batch_size, normalise, seed)
 
 def _kpd(real, gen, num_batches, batch_size, normalise, seed):
     from scipy.stats import iqr
-    x, y = np.asarray(real, float), np.asarray(gen, float)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]: raise VMLInputError(f"feature matrices of shapes {x.shape} and {y.shape} do not match", field='features')
-    if normalise: x, y = normalise_features(x, y)
+    x, y = feature_pair(real, gen, normalise)
     rng = np.random.default_rng(seed)
     v = [_mmd_poly_unbiased(x[rng.choice(len(x), batch_size)], y[rng.choice(len(y), batch_size)]) for _ in range(num_batches)]
     return float(np.median(v)), float(iqr(v, rng=(16.275, 83.725))/2)
@@ -616,7 +605,7 @@ def vml_bench_eval(n: int = 10000,     # showers per sample
     "Benchmark of the evaluation: histogram metrics, FPD and KPD on n vs n dataset-2 showers."
     if n < 100: raise VMLInputError("must be >= 100", field='--n')
     check_memory(6*n*6480*4, f"2 x {n:,} showers of 6,480 cells (float32, three copies each: drawn, in CaloChallenge units, thresholded)", '--n')
-    with limit_threads(threads): res = bench_eval(n, repeats)
+    with set_threads(threads): res = bench_eval(n, repeats)
     info = cpu_info()
     print(f"# evaluation benchmark: {n} vs {n} dataset-2 showers; {info.get('model', '')}, {info.get('cpus')} CPUs, {threads} thread(s); load average {os.getloadavg()[0]:.1f}")
     print(bench_table(res))
