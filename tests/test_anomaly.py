@@ -169,3 +169,14 @@ def test_protocol_ranges_are_disjoint_and_sized():
     assert anomaly_protocol('quick')['n_km'] == 600                 # the reference's kernel-machine training size
     smoke = {p: len(load_events(f, keys=('mjj',))[0]['mjj']) for p, f in sample_files('smoke').items()}
     assert all(smoke[p] >= k for p, k in sample_sizes('smoke').items()), smoke
+
+@pytest.mark.parametrize('module,call', [
+    ('pennylane', lambda: __import__('vallecorsa_ml.anomaly.kernel', fromlist=['x']).quantum_states(np.zeros((2, 4)))),
+    ('fastjet', lambda: __import__('vallecorsa_ml.anomaly.events', fromlist=['x']).tau21([1, 2])),
+    ('pythia8mc', lambda: __import__('vallecorsa_ml.anomaly.events', fromlist=['x']).generate_events('qcd', 1, workers=1, progress=False)),
+])
+def test_missing_extra_names_it(monkeypatch, module, call):
+    "Without the package (hidden from the import system) the call fails with one line naming the 'anomaly' extra."
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=rf"^{module} is not installed: pip install 'vallecorsa_ml\[anomaly\]'$"):
+        call()

@@ -184,3 +184,11 @@ def test_cli_equals_official_scorer_on_hand_made_pngs(tmp_path):
     for k in OFFICIAL:
         assert got[k] == pytest.approx(by_hand[k], abs=1e-12), k
         assert got[k] == pytest.approx(OFFICIAL[k], abs=1e-9), k
+
+
+def test_missing_timm_names_the_extra(monkeypatch):
+    "Without timm (hidden from the import system) the transformer fails with one line naming the 'damage' extra."
+    from vallecorsa_ml.damage.models import make_model
+    monkeypatch.setitem(sys.modules, 'timm', None)
+    with pytest.raises(ImportError, match=r"^timm is not installed: pip install 'vallecorsa_ml\[damage\]'$"):
+        make_model('transformer')

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import VMLInputError, seed_everything, cache_dir, atomic_write
+from ..core import VMLInputError, seed_everything, cache_dir, atomic_write, set_threads, optional_import
+from ..nnutil import load_checkpoint
 from .events import N_CONST, load_events, anomaly_protocol
 
 # %% auto #0
-__all__ = ['chamfer', 'kl_normal', 'ParticleAE', 'AELoss', 'torch_threads', 'train_autoencoder', 'ae_scores',
-           'cached_autoencoder', 'train_autoencoders']
+__all__ = ['chamfer', 'kl_normal', 'ParticleAE', 'AELoss', 'train_autoencoder', 'ae_scores', 'cached_autoencoder',
+           'train_autoencoders']
 
 # %% ../../nbs/21_anomaly.autoencoder.ipynb #ae0d6e3e
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -95,22 +96,15 @@ class AELoss(nn.Module):
         return loss.mean()
 
 # %% ../../nbs/21_anomaly.autoencoder.ipynb #54d4aab8
-class torch_threads:
-    "Context manager running torch with `n` intra-op threads (restored afterwards)."
-    def __init__(self, n: int | None): self.n = n
-    def __enter__(self):
-        self.prev = torch.get_num_threads()
-        if self.n: torch.set_num_threads(self.n)
-    def __exit__(self, *exc): torch.set_num_threads(self.prev)
-
 def train_autoencoder(jets: np.ndarray, latent: int = 8, variational: bool = False, epochs: int = 10, bs: int = 256,
                       lr: float = 3e-3, beta: float = 0.05, seed: int = 0, valid_frac: float = 0.1, bf16: bool = False,
                       threads: int | None = 1):
     "Train a `ParticleAE` on jets (M, 100, 3) with constituent pT in GeV, with fastai; return the model (eval mode) and the loss history."
-    with torch_threads(threads):
+    with set_threads(threads or None):      # None or 0: leave the thread settings as they are
         return _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, valid_frac, bf16)
 
 def _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, valid_frac, bf16):
+    optional_import('fastai', 'anomaly')
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
     from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner)
@@ -138,7 +132,7 @@ def ae_scores(model: ParticleAE, constituents: np.ndarray, bs: int = 2048, threa
     c = np.asarray(constituents, np.float32)
     if c.ndim != 4 or c.shape[1:] != (2, N_CONST, 3):
         raise VMLInputError(f"constituents must have shape (N, 2, {N_CONST}, 3), got {c.shape}", field='constituents')
-    with torch_threads(threads), torch.no_grad(): return _ae_scores(model, c, bs)
+    with set_threads(threads or None), torch.no_grad(): return _ae_scores(model, c, bs)
 
 def _ae_scores(model, c, bs):
     model.eval(); lat, rec, kl = [], [], []
@@ -163,7 +157,7 @@ def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: boo
     qcd_file = Path(qcd_file)
     path, key = _ae_cache_path(qcd_file, n_train, latent, variational, epochs, seed)
     if path.exists() and not retrain:
-        blob = torch.load(path, weights_only=False)
+        blob = load_checkpoint(path, what='cached autoencoder', keys=('state', 'history'))
         m = ParticleAE(latent, variational); m.load_state_dict(blob['state']); return m.eval(), blob['history']
     data, _ = load_events(qcd_file, keys=('constituents',))
     if n_train > len(data['constituents']):

@@ -10,7 +10,7 @@ import os, json, math, time
 from pathlib import Path
 import numpy as np
 from ..core import (VMLInputError, cli_errors, atomic_write, seed_everything, cache_dir, shipped_data,
-                                check_memory, check_output)
+                                check_memory, check_output, optional_import)
 
 # %% auto #0
 __all__ = ['N_CONST', 'IMG_PIX', 'JET_R', 'IMG_HALF', 'JET_FEATURES', 'BASE_SETTINGS', 'PROCESSES', 'BACKGROUNDS', 'SIGNALS',
@@ -94,7 +94,7 @@ def nsubjettiness(pt, eta, phi, axes_eta, axes_phi, R0: float = JET_R) -> float:
 # %% ../../nbs/20_anomaly.events.ipynb #5908c9b5
 def softdrop_mass(constituents, zcut: float = 0.1, beta: float = 0.0, R0: float = JET_R) -> float:
     "Soft-drop groomed mass (Larkoski et al. 2014): C/A declustering, drop the softer branch while z < zcut (ΔR/R0)^β."
-    import fastjet as fj
+    fj = optional_import('fastjet', 'anomaly')
     constituents = list(constituents)
     if len(constituents) == 0: return 0.0
     cs = fj.ClusterSequence(constituents, fj.JetDefinition(fj.cambridge_algorithm, 10.0))
@@ -110,7 +110,7 @@ def softdrop_mass(constituents, zcut: float = 0.1, beta: float = 0.0, R0: float 
 
 def tau21(constituents, R0: float = JET_R) -> float:
     "N-subjettiness ratio τ2/τ1 (β = 1) with exclusive-kT axes."
-    import fastjet as fj
+    fj = optional_import('fastjet', 'anomaly')
     constituents = list(constituents)
     if len(constituents) < 2: return 1.0
     pt = np.array([c.pt() for c in constituents]); eta = np.array([c.rap() for c in constituents])
@@ -124,12 +124,12 @@ def tau21(constituents, R0: float = JET_R) -> float:
 
 # %% ../../nbs/20_anomaly.events.ipynb #d13d2c55
 def _pj(px, py, pz, e):
-    import fastjet as fj
+    fj = optional_import('fastjet', 'anomaly')
     return [fj.PseudoJet(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(px, py, pz, e)]
 
 def dijet_event(px, py, pz, e, pt_min: float = 200., eta_max: float = 2.5):
     "Cluster one event (anti-kT R = 0.8); return the two leading jets' constituents, images, features, pT/η/φ and mjj, or None."
-    import fastjet as fj
+    fj = optional_import('fastjet', 'anomaly')
     cs = fj.ClusterSequence(_pj(px, py, pz, e), fj.JetDefinition(fj.antikt_algorithm, JET_R))
     jets = [j for j in fj.sorted_by_pt(cs.inclusive_jets(pt_min)) if abs(j.eta()) < eta_max][:2]
     if len(jets) < 2: return None
@@ -161,7 +161,7 @@ def _final_state(event):
 
 def _generate_chunk(args):
     process, n, seed = args
-    import pythia8mc
+    pythia8mc = optional_import('pythia8mc', 'anomaly')
     t0 = time.perf_counter()
     p = pythia8mc.Pythia("", False)
     for s in process_settings(process, seed):

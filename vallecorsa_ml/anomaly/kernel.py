@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, time
 from itertools import combinations
 import numpy as np
-from ..core import VMLInputError
+from ..core import VMLInputError, optional_import
 
 # %% auto #0
 __all__ = ['ENTANGLEMENTS', 'feature_map_ops', 'quantum_states', 'fidelity_kernel', 'LatentScaler', 'flat_latent',
@@ -20,7 +20,7 @@ ENTANGLEMENTS = ('linear', 'none', 'full')
 
 def feature_map_ops(x, n_qubits: int, reps: int = 3, entanglement: str = 'linear'):
     "Apply the data-encoding circuit to PennyLane wires 0…n−1 (x: (..., 2n) angles; leading axes broadcast)."
-    import pennylane as qml
+    qml = optional_import('pennylane', 'anomaly')
     if entanglement not in ENTANGLEMENTS:
         raise VMLInputError(f"entanglement must be one of {', '.join(ENTANGLEMENTS)}, got {entanglement!r}", field='entanglement')
     pairs = ([(i, i + 1) for i in range(n_qubits - 1)] if entanglement == 'linear' else
@@ -32,7 +32,7 @@ def feature_map_ops(x, n_qubits: int, reps: int = 3, entanglement: str = 'linear
 
 def quantum_states(X: np.ndarray, reps: int = 3, entanglement: str = 'linear', batch: int = 512) -> np.ndarray:
     "Exact statevectors (N, 2^n) of the feature map for feature rows X (N, 2n), simulated with PennyLane `default.qubit`."
-    import pennylane as qml
+    qml = optional_import('pennylane', 'anomaly')
     X = np.asarray(X, np.float64)
     if X.ndim != 2 or X.shape[1] % 2: raise VMLInputError(f"features must be (N, 2·n_qubits), got {X.shape}", field='features')
     n = X.shape[1] // 2

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Sequence
 import numpy as np
 from PIL import Image
+from ..core import VMLInputError, atomic_write, save_json, load_json, seed_everything, cache_dir, optional_import
+optional_import('shapely', 'damage')                   # the whole module works on shapely geometries
 import shapely
 from shapely.geometry import Polygon, MultiPolygon, box
-from ..core import VMLInputError, atomic_write, save_json, load_json, seed_everything, cache_dir
 
 # %% auto #0
 __all__ = ['DAMAGE_CLASSES', 'SUBTYPES', 'UNCLASSIFIED_POLICIES', 'DISASTERS', 'DAMAGE_COLORS', 'subtype_value', 'parse_polygon',

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from scipy import ndimage
+from ..core import optional_import
+optional_import('fastai', 'damage')               # the whole module trains with fastai
 from fastai.learner import Learner, Metric
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
@@ -73,7 +75,7 @@ class SiameseTransformer(nn.Module):
     def __init__(self, backbone: str = 'pvt_v2_b0', dim: int = 64, n_classes: int = 4, stem: int = 16, heads: int = 4):
         super().__init__()
         os.environ.setdefault('HF_HUB_OFFLINE', '1')
-        import timm
+        timm = optional_import('timm', 'damage')
         from timm.models.vision_transformer import Block
         self.enc = timm.create_model(backbone, pretrained=False, features_only=True)
         chs = self.enc.feature_info.channels()
