@@ -15,21 +15,25 @@ from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
+from ..core import optional_import
+optional_import('timm', 'calo')        # a missing package: one line naming the extra
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from fastcore.script import call_parse
 from ..core import *
 from .data import READOUT_EDGES, MAP_KNOTS, apply_readout, fit_readout
 from ..datasets import check_not_heldout
+from ..nnutil import load_checkpoint, ema_model, ema_state_dict, ema_load_state_dict
+from ..onnx_io import export_onnx, onnx_parity
 
 # %% auto #0
-__all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_conditions', 'phi_fourier', 'PhiPeriodicEmbedding',
-           'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'LayerTransform', 'layer_energies',
-           'ResponseTransform', 'LayerEnergyNet', 'CaloDiT', 'thr_bin', 'heun_sample', 'detector_id', 'DiTDataset',
-           'dit_dataset', 'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback', 'CheckpointCallback',
-           'TimeLimitCallback', 'dit_learner', 'load_dit', 'train_dit', 'training_parts', 'retrain_stage1',
-           'calibrate_thresholds', 'vml_train_dit', 'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint',
-           'LayerDenoiser', 'export_dit_onnx', 'dit_onnx_parity']
+__all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_conditions', 'cond_features', 'phi_fourier',
+           'PhiPeriodicEmbedding', 'timestep_embedding', 'DiTBlock', 'DiTConfig', 'karras_sigmas', 'heun_sample',
+           'LayerTransform', 'layer_energies', 'ResponseTransform', 'LayerEnergyNet', 'thr_bin', 'CaloDiT',
+           'detector_id', 'DiTDataset', 'dit_dataset', 'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback',
+           'CheckpointCallback', 'TimeLimitCallback', 'dit_learner', 'train_dit', 'load_dit', 'training_parts',
+           'vml_train_dit', 'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint', 'LayerDenoiser',
+           'export_dit_onnx', 'dit_onnx_parity', 'retrain_stage1', 'calibrate_thresholds']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -84,6 +88,10 @@ def make_conditions(energies_MeV, thetas=None, phis=None, detector=0) -> torch.T
         raise VMLInputError(f"detector ids must be integers in [0, {N_DETECTORS})", field='detector')
     return torch.tensor(np.stack([np.log10(e/1e4), th - math.pi/2, ph, d], 1), dtype=torch.float32)
 
+def cond_features(cond: torch.Tensor) -> torch.Tensor:
+    "Continuous condition features `[log10(E/10 GeV), θ − π/2, cos φ, sin φ]` from packed conditions."
+    return torch.stack([cond[:, 0], cond[:, 1], torch.cos(cond[:, 2]), torch.sin(cond[:, 2])], 1)
+
 # %% ../../nbs/16_calo.diffusion.ipynb #7576278f
 def phi_fourier(phi: torch.Tensor, n_harmonics: int) -> torch.Tensor:
     "Fourier features `[cos kφ, sin kφ]`, k = 1..n_harmonics, of angles `phi` (any shape) → `(*phi.shape, 2K)`; 2π-periodic."
@@ -123,7 +131,7 @@ class DiTBlock(nn.Module):
         x = x + g1[:, None]*self.attn(_modulate(self.norm1(x), b1, s1))
         return x + g2[:, None]*self.mlp(_modulate(self.norm2(x), b2, s2))
 
-# %% ../../nbs/16_calo.diffusion.ipynb #7c3e9c27
+# %% ../../nbs/16_calo.diffusion.ipynb #4dc3d6dc
 @dataclass
 class DiTConfig:
     "Hyper-parameters of `CaloDiT` (stored in checkpoints)."
@@ -152,6 +160,7 @@ class DiTConfig:
             if p < 1 or s % p: raise VMLInputError(f"patch size {p} does not divide the {n} size {s}", field='patch')
         if self.dim % self.heads: raise VMLInputError(f"dim {self.dim} not divisible by heads {self.heads}", field='heads')
 
+# %% ../../nbs/16_calo.diffusion.ipynb #360d1add
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80., rho: float = 7.) -> torch.Tensor:
     "EDM noise levels `σ_i = (σmax^(1/ρ) + i/(N−1)·(σmin^(1/ρ) − σmax^(1/ρ)))^ρ`, i < N, followed by σ_N = 0."
     if steps < 2: raise VMLInputError("need at least 2 sampler steps", field='steps')
@@ -159,10 +168,22 @@ def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80., 
     s = (sigma_max**(1/rho) + i/(steps - 1)*(sigma_min**(1/rho) - sigma_max**(1/rho)))**rho
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
 
-def _cond_feats(cond: torch.Tensor) -> torch.Tensor:
-    "Continuous condition features `[log10(E/10 GeV), θ − π/2, cos φ, sin φ]` from packed conditions."
-    return torch.stack([cond[:, 0], cond[:, 1], torch.cos(cond[:, 2]), torch.sin(cond[:, 2])], 1)
+def heun_sample(denoiser, x: torch.Tensor, cond: torch.Tensor, sigmas: torch.Tensor, clip: tuple | None = None) -> torch.Tensor:
+    "EDM deterministic sampler (Karras et al. 2022, Alg. 1): Heun steps along `sigmas` (last step Euler); x starts at σ0; optional clipping `(lo, hi)` of the denoised estimate."
+    def D(x, s):
+        d = denoiser(x, s.expand(x.shape[0]), cond).float()
+        return d if clip is None else torch.maximum(torch.minimum(d, clip[1]), clip[0])
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d = (x - D(x, s))/s
+        x_next = x + (s_next - s)*d
+        if s_next > 0:
+            d2 = (x_next - D(x_next, s_next))/s_next
+            x_next = x + (s_next - s)*(d + d2)/2
+        x = x_next
+    return x
 
+# %% ../../nbs/16_calo.diffusion.ipynb #e93afb7e
 class LayerTransform(nn.Module):
     "Layer energies (MeV) ↔ standardised log space per layer: `v = (log(L·[L≥thr] + delta) − mean_z)/std_z`; inverse zeroes layers below `thr`."
     def __init__(self, n_layers: int, thr: float = 5e-4, delta: float = 1e-4):
@@ -185,6 +206,7 @@ def layer_energies(showers: torch.Tensor, thr: float) -> torch.Tensor:
     "Energy per z layer (N, Z) in MeV of showers (N, Z, P, R), counting cells ≥ `thr` only (what the readout keeps)."
     return torch.where(showers >= thr, showers, torch.zeros_like(showers)).sum((2, 3))
 
+# %% ../../nbs/16_calo.diffusion.ipynb #22972405
 class ResponseTransform(nn.Module):
     "Total deposit ↔ the response standardised per detector: `u = (log((T + delta)/E) − mean_d)/std_d` (narrow: a few % wide, so standardised per detector)."
     def __init__(self, n_detectors: int, delta: float = 1e-4):
@@ -203,6 +225,7 @@ class ResponseTransform(nn.Module):
         d = cond[:, 3].long()
         return ((1e4*10**cond[:, 0].double())*torch.exp((u*self.std[d] + self.mean[d]).double())).float() - self.delta
 
+# %% ../../nbs/16_calo.diffusion.ipynb #4082457e
 class LayerEnergyNet(nn.Module):
     "Stage 1: EDM denoiser `D(v; σ, cond)` of the standardised layer energies `v` (B, Z) — a residual MLP with the conditions added in every block."
     def __init__(self, n_layers: int, width: int = 256, depth: int = 4, n_detectors: int = 4, sigma_data: float = 1.0):
@@ -219,11 +242,19 @@ class LayerEnergyNet(nn.Module):
     def forward(self, v: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         sd, s = self.sigma_data, sigma.float().reshape(-1, 1)
         c_skip, c_out, c_in = sd**2/(s**2 + sd**2), s*sd/torch.sqrt(s**2 + sd**2), 1/torch.sqrt(s**2 + sd**2)
-        c = self.t_mlp(timestep_embedding(torch.log(sigma.float())/4*250., 128)) + self.c_mlp(_cond_feats(cond)) + self.det_emb(cond[:, 3].long())
+        c = self.t_mlp(timestep_embedding(torch.log(sigma.float())/4*250., 128)) + self.c_mlp(cond_features(cond)) + self.det_emb(cond[:, 3].long())
         h = self.inp(v*c_in)
         for b in self.blocks: h = h + b(h + c)
         return c_skip*v + c_out*self.out(self.norm(h))
 
+# %% ../../nbs/16_calo.diffusion.ipynb #aa585c34
+THR_EDGES = READOUT_EDGES       # energy bins of the calibrated read-out (`calo.data`), in log10(E/10 GeV)
+
+def thr_bin(le: torch.Tensor) -> torch.Tensor:
+    "Read-out energy bin of packed `cond[:, 0]` = log10(E/10 GeV) (`calo.data.energy_bin`)."
+    return (le.float()[:, None] > torch.tensor(READOUT_EDGES[1:-1])).sum(1)
+
+# %% ../../nbs/16_calo.diffusion.ipynb #f1d90e2c
 class CaloDiT(nn.Module):
     "Diffusion transformer for showers on a cylindrical mesh; `forward` is the EDM denoiser, `sample` the generator."
     def __init__(self, config: DiTConfig | None = None, **kw):
@@ -324,7 +355,7 @@ class CaloDiT(nn.Module):
 
     def net(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         "The raw network F: scaled noisy showers, noise embedding input and conditions → output in shower shape."
-        c = self.t_mlp(timestep_embedding(c_noise*250., 256)) + self.c_mlp(_cond_feats(cond)) + self.det_emb(cond[:, 3].long())
+        c = self.t_mlp(timestep_embedding(c_noise*250., 256)) + self.c_mlp(cond_features(cond)) + self.det_emb(cond[:, 3].long())
         h = self.embed(self.patchify(x)) + self.pos_embedding()[None]
         if self.config.layer_model: h, c = self.add_layers(h, c, cond[:, 4:])
         for b in self.blocks: h = b(h, c)
@@ -436,28 +467,8 @@ class CaloDiT(nn.Module):
         return ShowerData(res.numpy(), 1e4*10**c[:, 0], c[:, 1] + math.pi/2, c[:, 2], geom,
                           dict(model='dit', detector=[int(v) for v in np.unique(c[:, 3])], steps=int(steps), seed=seed))
 
-THR_EDGES = READOUT_EDGES       # energy bins of the calibrated read-out (`calo.data`), in log10(E/10 GeV)
-
-def thr_bin(le: torch.Tensor) -> torch.Tensor:
-    "Read-out energy bin of packed `cond[:, 0]` = log10(E/10 GeV) (`calo.data.energy_bin`)."
-    return (le.float()[:, None] > torch.tensor(READOUT_EDGES[1:-1])).sum(1)
-
-def heun_sample(denoiser, x: torch.Tensor, cond: torch.Tensor, sigmas: torch.Tensor, clip: tuple | None = None) -> torch.Tensor:
-    "EDM deterministic sampler (Karras et al. 2022, Alg. 1): Heun steps along `sigmas` (last step Euler); x starts at σ0; optional clipping `(lo, hi)` of the denoised estimate."
-    def D(x, s):
-        d = denoiser(x, s.expand(x.shape[0]), cond).float()
-        return d if clip is None else torch.maximum(torch.minimum(d, clip[1]), clip[0])
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        d = (x - D(x, s))/s
-        x_next = x + (s_next - s)*d
-        if s_next > 0:
-            d2 = (x_next - D(x_next, s_next))/s_next
-            x_next = x + (s_next - s)*(d + d2)/2
-        x = x_next
-    return x
-
 # %% ../../nbs/16_calo.diffusion.ipynb #c24c1829
+optional_import('fastai', 'calo')
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
@@ -516,7 +527,7 @@ class EDMLoss(nn.Module):
 
 def _mean_loss(pred, *args): return pred.mean()
 
-# %% ../../nbs/16_calo.diffusion.ipynb #c4d0c144
+# %% ../../nbs/16_calo.diffusion.ipynb #4cbe5d73
 class ReseedCallback(Callback):
     "Before each epoch: seed torch/numpy/python and the train DataLoader's shuffler from (seed, epoch)."
     order = -10
@@ -526,20 +537,28 @@ class ReseedCallback(Callback):
         seed_everything(s)
         self.dls.train.rng = random.Random(s)
 
+# %% ../../nbs/16_calo.diffusion.ipynb #dd414aed
 class EMACallback(Callback):
-    "Exponential moving average of the model weights (decay warms up as (1+n)/(10+n), capped at `decay`)."
+    "Exponential moving average of the model weights (`nnutil.ema_model`: decay warms up as (1+n)/(10+n), capped at `decay`)."
     order = 60
-    def __init__(self, decay: float = 0.998): self.decay, self.shadow, self.n = decay, None, 0
-    def before_fit(self):
-        if self.shadow is None: self.shadow = {k: v.detach().clone() for k, v in self.learn.model.model.state_dict().items()}
-    def after_step(self):
-        self.n += 1
-        d = min(self.decay, (1 + self.n)/(10 + self.n))
-        with torch.no_grad():
-            for k, v in self.learn.model.model.state_dict().items():
-                if v.dtype.is_floating_point: self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-                else: self.shadow[k].copy_(v)
+    def __init__(self, decay: float = 0.998): self.decay, self.ema = decay, None
+    def _start(self):
+        if self.ema is None: self.ema = ema_model(self.learn.model.model, self.decay)
+    def before_fit(self): self._start()
+    def after_step(self): self.ema.update_parameters(self.learn.model.model)
+    @property
+    def n(self) -> int:
+        "Updates so far (the warm-up's n)."
+        return 0 if self.ema is None else int(self.ema.n_averaged) - 1
+    def state_dict(self) -> dict:
+        "The averaged weights as a state dict of the model (what checkpoints store under 'ema')."
+        return ema_state_dict(self.ema)
+    def load_state_dict(self, sd: dict, n: int, device=None):
+        "Restore the average `sd` after `n` updates (a resumed run)."
+        self._start()
+        ema_load_state_dict(self.ema, {k: v.to(device) if device is not None else v for k, v in sd.items()}, n)
 
+# %% ../../nbs/16_calo.diffusion.ipynb #59624137
 class CheckpointCallback(Callback):
     "After each trained epoch: save model, EMA, optimizer, epoch and run settings atomically to `path`."
     order = 65
@@ -551,11 +570,12 @@ class CheckpointCallback(Callback):
         ema = next((c for c in self.learn.cbs if isinstance(c, EMACallback)), None)
         ck = dict(model_type='dit', meta=self.meta, config=asdict(self.learn.model.model.config), epoch=self.epoch + 1,
                   model=self.learn.model.model.state_dict(), opt=self.learn.opt.state_dict(),
-                  ema=None if ema is None else ema.shadow, ema_n=0 if ema is None else ema.n,
+                  ema=None if ema is None else ema.state_dict(), ema_n=0 if ema is None else ema.n,
                   losses=[float(v) for v in self.learn.recorder.losses[-5:]],
                   epoch_losses=[None if v is None else float(v) for v in (self.learn.recorder.values[-1] if self.learn.recorder.values else [])])
         with atomic_write(self.path) as tmp: torch.save(ck, tmp)
 
+# %% ../../nbs/16_calo.diffusion.ipynb #88041ea7
 class TimeLimitCallback(Callback):
     "Stop training after `minutes` of wall time (checked after every batch); the checkpoint keeps the last full epoch."
     order = 70
@@ -566,7 +586,7 @@ class TimeLimitCallback(Callback):
             from fastai.callback.core import CancelFitException
             raise CancelFitException
 
-# %% ../../nbs/16_calo.diffusion.ipynb #42623269
+# %% ../../nbs/16_calo.diffusion.ipynb #1af83e4e
 def dit_learner(model: CaloDiT, train_ds: DiTDataset, valid_ds: DiTDataset | None = None, bs: int = 128,
                 seed: int = 0, bf16: bool = False, ckpt: str | os.PathLike | None = None, meta: dict | None = None,
                 ema_decay: float = 0.998, progress: bool = True, device: str | torch.device = 'cpu') -> Learner:
@@ -587,17 +607,7 @@ def dit_learner(model: CaloDiT, train_ds: DiTDataset, valid_ds: DiTDataset | Non
 
 def _ema_cb(learn): return next(c for c in learn.cbs if isinstance(c, EMACallback))
 
-def load_dit(path: str | os.PathLike, ema: bool = True) -> CaloDiT:
-    "A `CaloDiT` from a checkpoint (EMA weights by default)."
-    path = Path(path)
-    if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
-    try: ck = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e: raise VMLInputError(f"not a readable checkpoint ({type(e).__name__})", file=path) from None
-    if not isinstance(ck, dict) or 'config' not in ck or 'model' not in ck: raise VMLInputError("not a CaloDiT checkpoint", file=path)
-    m = CaloDiT(DiTConfig(**ck['config']))
-    m.load_state_dict(ck['ema'] if ema and ck.get('ema') is not None else ck['model'])
-    return m.eval()
-
+# %% ../../nbs/16_calo.diffusion.ipynb #4f4a5af5
 def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = None, lr: float = 1e-3, bs: int = 128,
               seed: int = 0, ckpt: str | os.PathLike | None = None, resume: bool = False, bf16: bool = False,
               minutes: float | None = None, progress: bool = True, valid_parts: Sequence[tuple] | None = None, cbs: list | None = None,
@@ -607,7 +617,7 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
     for d, _ in parts: check_not_heldout(d, 'training')
     start, ck = 0, None
     if resume and ckpt is not None and Path(ckpt).exists():
-        ck = torch.load(ckpt, map_location='cpu', weights_only=False)
+        ck = load_checkpoint(ckpt, 'CaloDiT checkpoint', keys=('config', 'model', 'epoch', 'meta'))
         config, start = DiTConfig(**ck['config']), ck['epoch']
         epochs, lr, bs, seed, bf16 = ck['meta']['epochs'], ck['meta']['lr'], ck['meta']['bs'], ck['meta']['seed'], ck['meta']['bf16']
     seed_everything(seed)
@@ -633,13 +643,21 @@ def train_dit(parts: Sequence[tuple], epochs: int, config: DiTConfig | None = No
         model.load_state_dict(ck['model'])
         learn.create_opt()
         if ck.get('opt') is not None: learn.opt.load_state_dict(ck['opt'])   # None after a stage-1-only retraining
-        e = _ema_cb(learn); e.shadow, e.n = {k: v.to(device) for k, v in ck["ema"].items()}, ck["ema_n"]
+        _ema_cb(learn).load_state_dict(ck['ema'], ck['ema_n'], device)
     cbs = ([TimeLimitCallback(minutes)] if minutes else []) + list(cbs or [])
     if start < epochs: learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
-    out = CaloDiT(model.config); out.load_state_dict({k: v.cpu() for k, v in _ema_cb(learn).shadow.items()})
+    out = CaloDiT(model.config); out.load_state_dict({k: v.cpu() for k, v in _ema_cb(learn).state_dict().items()})
     return out.eval(), learn
 
-# %% ../../nbs/16_calo.diffusion.ipynb #96069ebb
+# %% ../../nbs/16_calo.diffusion.ipynb #bbad5f7e
+def load_dit(path: str | os.PathLike, ema: bool = True) -> CaloDiT:
+    "A `CaloDiT` from a checkpoint (EMA weights by default)."
+    ck = load_checkpoint(path, 'CaloDiT checkpoint', keys=('config', 'model'))
+    m = CaloDiT(DiTConfig(**ck['config']))
+    m.load_state_dict(ck['ema'] if ema and ck.get('ema') is not None else ck['model'])
+    return m.eval()
+
+# %% ../../nbs/16_calo.diffusion.ipynb #aa951eb5
 def training_parts(n_electrons: int | None = None, n_photons: int | None = None, n_pbwo4: int = 2000, seed: int = 0,
                    split: str = 'train') -> list:
     "`[(ShowerData, detector), ...]`: the first Geant4 e- and γ of `split` (None: all of it; 0: none) + `n_pbwo4` simulated PbWO4 e- and γ each."
@@ -657,68 +675,7 @@ def training_parts(n_electrons: int | None = None, n_photons: int | None = None,
         parts.append((simulate(Eg, 'gamma', 'ds2', th, ph, detector='pbwo4', seed=seed + 12, progress=False), 'pbwo4_photons'))
     return parts
 
-def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5, total: bool = True, bs: int = 256,
-                   lr: float = 1e-3, seed: int = 0, max_steps: int | None = None, ema_decay: float = 0.999,
-                   progress: bool = True) -> CaloDiT:
-    "Copy of a two-stage `model` with stage 1 trained anew and alone on the layer energies of `parts` (cosine LR over `minutes` or `max_steps`, EMA); `total` adds the response coordinate."
-    import copy
-    from dataclasses import replace
-    if not model.config.layer_model: raise VMLInputError("not a two-stage model (layer_model=False)", field='model')
-    if max_steps is None and not (minutes and minutes > 0): raise VMLInputError("give minutes > 0 or max_steps", field='minutes')
-    for d, _ in parts: check_not_heldout(d, 'training')
-    seed_everything(seed)                              # the new stage 1's initialisation depends on the seed only
-    m = CaloDiT(replace(model.config, layer_total=total))
-    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max'}
-    m.load_state_dict(keep, strict=False)
-    L = torch.cat([layer_energies(torch.as_tensor(d.showers, dtype=torch.float32), m.config.thr) for d, _ in parts])
-    c = torch.cat([make_conditions(d.energies, d.theta, d.phi, detector_id(det)) for d, det in parts])
-    if total: m.total_tf.fit(L.sum(1), c)
-    v = m.stage1_vector(L, c)
-    det = c[:, 3].long()
-    for d in det.unique().tolist(): m.v_max[d] = v[det == d].amax(0) + 0.1        # stage 1's clip range, as fit_range
-    net, g = m.layer_net.train(), torch.Generator().manual_seed(seed)
-    ema, opt = copy.deepcopy(net), torch.optim.Adam(net.parameters(), lr)
-    t0, step = time.time(), 0
-    while (step < max_steps) if max_steps else (time.time() - t0 < 60*minutes):
-        idx = torch.randint(0, len(v), (bs,), generator=g)
-        loss = stage1_edm_loss(net, v[idx], c[idx], sigma_data=m.config.sigma_data, generator=g).mean()
-        frac = step/max_steps if max_steps else (time.time() - t0)/(60*minutes)
-        for pg in opt.param_groups: pg['lr'] = lr*0.5*(1 + math.cos(math.pi*min(frac, 1.0)))
-        opt.zero_grad(); loss.backward(); opt.step(); step += 1
-        with torch.no_grad():
-            d = min(ema_decay, (1 + step)/(10 + step))
-            for pe, p in zip(ema.parameters(), net.parameters()): pe.mul_(d).add_(p.detach(), alpha=1 - d)
-        if progress and step % 2000 == 0: print(f"stage 1: step {step}, loss {loss.item():.3f}, {time.time() - t0:.0f} s", flush=True)
-    net.load_state_dict(ema.state_dict())
-    m.stage1_steps = step
-    return m.eval()
-
-@torch.no_grad()
-def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, steps: int = 16, seed: int = 0,
-                         min_showers: int = 20, n_ref: int = 2000, value_map: bool = True, min_cells: int = 64) -> dict:
-    """Calibrate the read-out of `model` (`calo.data.fit_readout`: cell thresholds and, with `value_map`, the cell-energy
-    map) per detector, energy bin and (z, r): the model's raw cells, sampled for the conditions of the first `n` showers
-    of each part, against the first `n_ref` training showers of the part. → {detector: generated showers}."""
-    for d, _ in parts: check_not_heldout(d, 'read-out calibration')
-    Z, P, R = model.config.shape
-    model.cell_thr.fill_(model.config.thr); model.map_on.fill_(False); model.map_q.zero_(); model.map_r.zero_()
-    groups = {}
-    for d, det in parts: groups.setdefault(detector_id(det), []).append(d)
-    conds = lambda ds, m, k: torch.cat([make_conditions(d.energies[:m], None if d.theta is None else d.theta[:m],
-                                                        None if d.phi is None else d.phi[:m], k) for d in ds])
-    used, fits = {}, {}
-    for k, ds in groups.items():
-        ref = torch.cat([torch.as_tensor(d.showers[:n_ref], dtype=torch.float32).reshape(-1, Z, P, R) for d in ds])
-        cref, cond = conds(ds, n_ref, k), conds(ds, n, k)
-        gen = model.sample(1e4*10**cond[:, 0].double().numpy(), (cond[:, 1] + math.pi/2).numpy(), cond[:, 2].numpy(),
-                           k, seed=seed, steps=steps, return_torch=True, rescale=False, readout=False)   # what the read-out acts on
-        fits[k] = fit_readout(gen, thr_bin(cond[:, 0]), ref, thr_bin(cref[:, 0]), model.config.thr,
-                              min_showers=min_showers, min_cells=min_cells, value_map=value_map)
-        used[k] = len(gen)
-    for k, f in fits.items(): model.cell_thr[k], model.map_q[k], model.map_r[k] = f['thr'], f['q'], f['r']
-    model.map_on.fill_(bool(value_map))
-    return used
-
+# %% ../../nbs/16_calo.diffusion.ipynb #102f7d55
 def _ints(s, n, name):
     try: v = tuple(int(x) for x in str(s).split(','))
     except ValueError: raise VMLInputError(f"expected {n} comma-separated integers, got {s!r}", field=name) from None
@@ -726,7 +683,7 @@ def _ints(s, n, name):
     return v
 
 @call_parse
-@cli_errors('vml-train-dit')
+@cli_errors('vml-calo-train-dit')
 def vml_train_dit(
     ckpt: str = None,          # Checkpoint file (default: <cache>/calo/dit/dit.pth)
     epochs: int = 30,          # Epochs of the 1cycle schedule
@@ -768,7 +725,7 @@ def vml_train_dit(
     if not 2 <= calibrate_steps <= 25: raise VMLInputError("must be in [2, 25]", field='calibrate_steps')
     def _calibrate(parts):
         "Calibrate the read-out of the EMA weights in `path`, in place."
-        ck = torch.load(path, map_location='cpu', weights_only=False)
+        ck = load_checkpoint(path, 'CaloDiT checkpoint', keys=('config', 'model'))
         m = CaloDiT(DiTConfig(**ck['config'])); m.load_state_dict(ck['ema'] if ck.get('ema') is not None else ck['model'])
         with Timer() as t: used = calibrate_thresholds(m.eval(), parts, n=calibrate, steps=calibrate_steps, seed=seed)
         ck['ema' if ck.get('ema') is not None else 'model'] = m.state_dict()
@@ -780,8 +737,7 @@ def vml_train_dit(
         if calibrate < 1: raise VMLInputError("--calibrate-only needs --calibrate >= 1", field='calibrate')
         _calibrate(training_parts(electrons, photons, pbwo4, seed)); return path
     if stage1_only:
-        if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
-        ck = torch.load(path, map_location='cpu', weights_only=False)
+        ck = load_checkpoint(path, 'CaloDiT checkpoint', keys=('config', 'model'))
         parts = training_parts(electrons, photons, pbwo4, seed)
         with Timer() as t:
             m = retrain_stage1(load_dit(path), parts, minutes, total=not no_total, seed=seed, progress=not quiet,
@@ -821,7 +777,7 @@ def with_reference_layers(gen, ref):
 
 # %% ../../nbs/16_calo.diffusion.ipynb #cc40a304
 class DiTGenerator(nn.Module):
-    "A trained `CaloDiT` with default sampling settings (detector, steps) — what `vml-generate` calls."
+    "A trained `CaloDiT` with default sampling settings (detector, steps) — what `vml-calo-generate` calls."
     def __init__(self, model: CaloDiT, detector=1, steps: int = 16):
         super().__init__()
         self.model, self.detector, self.steps = model, detector, steps
@@ -843,7 +799,7 @@ def load_dit_checkpoint(ck: dict, detector=None, steps: int | None = None, raw: 
     return DiTGenerator(m.eval(), det, int(steps or 16)).eval()
 
 
-# %% ../../nbs/16_calo.diffusion.ipynb #fa2144fd
+# %% ../../nbs/16_calo.diffusion.ipynb #bab5560e
 class LayerDenoiser(nn.Module):
     "Stage 1 of a two-stage `CaloDiT` as a module of its own: `forward(x, sigma, cond)` denoises stage 1's vector (B, Z, or Z + 1 with the response) given cond (B, 4)."
     def __init__(self, dit: CaloDiT):
@@ -861,28 +817,74 @@ def _onnx_part(model, part):
     if part == 'layers': return LayerDenoiser(model.model if isinstance(model, DiTGenerator) else model)
     raise VMLInputError(f"unknown part {part!r}; choose 'shower' or 'layers'", field='part')
 
+# %% ../../nbs/16_calo.diffusion.ipynb #8c24efb5
 def export_dit_onnx(model: nn.Module, path, opset: int = 18, part: str = 'shower') -> Path:
     "Export the denoiser `forward(x, sigma, cond)` to ONNX (inputs `x`, `sigma`, `cond`; output `denoised`; dynamic batch), atomically; `part='layers'`: stage 1 of a two-stage model."
-    import warnings
-    path, model = Path(path), _onnx_part(model, part)
-    args = model.example_inputs(2)
-    was = model.training; model.eval()
-    with atomic_write(path, suffix='.onnx') as tmp, warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(model, args, str(tmp), input_names=['x', 'sigma', 'cond'], output_names=['denoised'],
-                          opset_version=opset, dynamo=False,
-                          dynamic_axes={'x': {0: 'batch'}, 'sigma': {0: 'batch'}, 'cond': {0: 'batch'}, 'denoised': {0: 'batch'}})
-    model.train(was)
-    return path
+    model = _onnx_part(model, part)
+    return export_onnx(model, model.example_inputs(2), path, ['x', 'sigma', 'cond'], ['denoised'], opset=opset)
 
 def dit_onnx_parity(model: nn.Module, path, batch: int = 5, part: str = 'shower') -> float:
     "Largest |ONNX Runtime − PyTorch| of the denoiser output on inputs with a batch size other than the export's."
-    import onnxruntime as ort
     model = _onnx_part(model, part)
-    x, s, c = model.example_inputs(batch)
-    model.eval()
-    with torch.no_grad(): ref = model(x, s, c).numpy()
-    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    out = sess.run(None, {'x': x.numpy(), 'sigma': s.numpy(), 'cond': c.numpy()})[0]
-    if out.shape != ref.shape: raise VMLInputError(f"ONNX output shape {out.shape} != PyTorch {ref.shape}", file=path)
-    return float(np.abs(out - ref).max())
+    return onnx_parity(model, path, model.example_inputs(batch))
+
+# %% ../../nbs/16_calo.diffusion.ipynb #4df9ce4b
+def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5, total: bool = True, bs: int = 256,
+                   lr: float = 1e-3, seed: int = 0, max_steps: int | None = None, ema_decay: float = 0.999,
+                   progress: bool = True) -> CaloDiT:
+    "Copy of a two-stage `model` with stage 1 trained anew and alone on the layer energies of `parts` (cosine LR over `minutes` or `max_steps`, EMA); `total` adds the response coordinate."
+    from dataclasses import replace
+    if not model.config.layer_model: raise VMLInputError("not a two-stage model (layer_model=False)", field='model')
+    if max_steps is None and not (minutes and minutes > 0): raise VMLInputError("give minutes > 0 or max_steps", field='minutes')
+    for d, _ in parts: check_not_heldout(d, 'training')
+    seed_everything(seed)                              # the new stage 1's initialisation depends on the seed only
+    m = CaloDiT(replace(model.config, layer_total=total))
+    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max'}
+    m.load_state_dict(keep, strict=False)
+    L = torch.cat([layer_energies(torch.as_tensor(d.showers, dtype=torch.float32), m.config.thr) for d, _ in parts])
+    c = torch.cat([make_conditions(d.energies, d.theta, d.phi, detector_id(det)) for d, det in parts])
+    if total: m.total_tf.fit(L.sum(1), c)
+    v = m.stage1_vector(L, c)
+    det = c[:, 3].long()
+    for d in det.unique().tolist(): m.v_max[d] = v[det == d].amax(0) + 0.1        # stage 1's clip range, as fit_range
+    net, g = m.layer_net.train(), torch.Generator().manual_seed(seed)
+    ema, opt = ema_model(net, ema_decay), torch.optim.Adam(net.parameters(), lr)
+    t0, step = time.time(), 0
+    while (step < max_steps) if max_steps else (time.time() - t0 < 60*minutes):
+        idx = torch.randint(0, len(v), (bs,), generator=g)
+        loss = stage1_edm_loss(net, v[idx], c[idx], sigma_data=m.config.sigma_data, generator=g).mean()
+        frac = step/max_steps if max_steps else (time.time() - t0)/(60*minutes)
+        for pg in opt.param_groups: pg['lr'] = lr*0.5*(1 + math.cos(math.pi*min(frac, 1.0)))
+        opt.zero_grad(); loss.backward(); opt.step(); step += 1
+        ema.update_parameters(net)
+        if progress and step % 2000 == 0: print(f"stage 1: step {step}, loss {loss.item():.3f}, {time.time() - t0:.0f} s", flush=True)
+    net.load_state_dict(ema_state_dict(ema))
+    m.stage1_steps = step
+    return m.eval()
+
+# %% ../../nbs/16_calo.diffusion.ipynb #ddb6a6ff
+@torch.no_grad()
+def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, steps: int = 16, seed: int = 0,
+                         min_showers: int = 20, n_ref: int = 2000, value_map: bool = True, min_cells: int = 64) -> dict:
+    """Calibrate the read-out of `model` (`calo.data.fit_readout`: cell thresholds and, with `value_map`, the cell-energy
+    map) per detector, energy bin and (z, r): the model's raw cells, sampled for the conditions of the first `n` showers
+    of each part, against the first `n_ref` training showers of the part. → {detector: generated showers}."""
+    for d, _ in parts: check_not_heldout(d, 'read-out calibration')
+    Z, P, R = model.config.shape
+    model.cell_thr.fill_(model.config.thr); model.map_on.fill_(False); model.map_q.zero_(); model.map_r.zero_()
+    groups = {}
+    for d, det in parts: groups.setdefault(detector_id(det), []).append(d)
+    conds = lambda ds, m, k: torch.cat([make_conditions(d.energies[:m], None if d.theta is None else d.theta[:m],
+                                                        None if d.phi is None else d.phi[:m], k) for d in ds])
+    used, fits = {}, {}
+    for k, ds in groups.items():
+        ref = torch.cat([torch.as_tensor(d.showers[:n_ref], dtype=torch.float32).reshape(-1, Z, P, R) for d in ds])
+        cref, cond = conds(ds, n_ref, k), conds(ds, n, k)
+        gen = model.sample(1e4*10**cond[:, 0].double().numpy(), (cond[:, 1] + math.pi/2).numpy(), cond[:, 2].numpy(),
+                           k, seed=seed, steps=steps, return_torch=True, rescale=False, readout=False)   # what the read-out acts on
+        fits[k] = fit_readout(gen, thr_bin(cond[:, 0]), ref, thr_bin(cref[:, 0]), model.config.thr,
+                              min_showers=min_showers, min_cells=min_cells, value_map=value_map)
+        used[k] = len(gen)
+    for k, f in fits.items(): model.cell_thr[k], model.map_q[k], model.map_r[k] = f['thr'], f['q'], f['r']
+    model.map_on.fill_(bool(value_map))
+    return used
