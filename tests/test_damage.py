@@ -1,5 +1,5 @@
-"""damage wing: vml-damage console script, bad files, end to end (synthetic xBD → predictions → official score)."""
-import json, shutil, subprocess, sys
+"""damage wing: vml-damage-score console script, bad files, end to end (synthetic xBD → predictions → official score)."""
+import json, shutil, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -9,12 +9,12 @@ from vallecorsa_ml.damage.data import write_synthetic_xbd, list_tiles, read_tile
 from vallecorsa_ml.damage.metrics import write_xview2_pngs, xbd_image_id, score_against_labels, write_xbd_targets
 from vallecorsa_ml.core import seed_everything
 
-EXE = Path(sys.executable).parent/'vml-damage'
+from helpers import run as run_script, one_line_error
 
 
 def run(*args):
-    cmd = [str(EXE)] if EXE.exists() else [sys.executable, '-c', 'from vallecorsa_ml.damage.metrics import vml_damage; vml_damage()']
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+    "Run `vml-damage-score` with `args`."
+    return run_script('vml-damage-score', *args)
 
 
 @pytest.fixture(scope='module')
@@ -53,21 +53,21 @@ def test_cli_targets_mode_matches_labels_mode(xbd, tmp_path):
 
 def test_cli_bad_input_one_line_exit_2(xbd, tmp_path):
     r = run(tmp_path/'nope', xbd/'xbd')
-    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'vml-damage-score: error:' in r.stderr
+    one_line_error(r, 'vml-damage-score', 'folder not found')
     bad = tmp_path/'bad'; shutil.copytree(xbd/'perfect', bad)
     f = sorted(bad.glob('*_damage_*'))[0]
     Image.fromarray(np.full((64, 64), 9, np.uint8)).save(f)
     r = run(bad, xbd/'xbd')
-    assert r.returncode == 2 and 'values must be 0-4' in r.stderr and r.stderr.count('\n') == 1
+    one_line_error(r, 'vml-damage-score', 'values must be 0-4')
     f.unlink()
     r = run(bad, xbd/'xbd')
-    assert r.returncode == 2 and 'PNG missing' in r.stderr
+    one_line_error(r, 'vml-damage-score', 'PNG missing')
     small = tmp_path/'small'; shutil.copytree(xbd/'perfect', small)
     for p in small.glob('*.png'): Image.fromarray(np.zeros((32, 32), np.uint8)).save(p)
     r = run(small, xbd/'xbd')
-    assert r.returncode == 2 and 'but the label is 64x64' in r.stderr
+    one_line_error(r, 'vml-damage-score', 'but the label is 64x64')
     r = run(xbd/'perfect', xbd/'xbd', '--unclassified', 'drop')
-    assert r.returncode == 2 and 'unclassified must be' in r.stderr
+    one_line_error(r, 'vml-damage-score', 'unclassified must be')
 
 
 def test_reader_bad_files(tmp_path):
