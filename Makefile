@@ -59,8 +59,8 @@ readme: $(STAMP)
 	$(BIN)/vml-docs --readme
 
 models: $(STAMP)
-	$(BIN)/vml-model retrain 3dgan-ds2
-	$(BIN)/vml-model retrain dit-ds2
+	$(BIN)/vml-calo-model retrain 3dgan-ds2
+	$(BIN)/vml-calo-model retrain dit-ds2
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab nbs

@@ -69,13 +69,44 @@ def test_notebooks_use_the_project_kernel():
         ks = json.loads(nb.read_text())['metadata'].get('kernelspec', {})
         assert ks.get('name', 'python3') == 'python3', nb.name
 
-def test_dependency_ranges_admit_the_working_torch_pair():
+def _requirements():
+    "pyproject's base dependencies and extras: ({extra: [Requirement]}, with the base under ''), self-references resolved."
     import tomllib
     from packaging.requirements import Requirement
-    deps = {Requirement(d).name: Requirement(d) for d in tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['dependencies']}
+    proj = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']
+    raw = {'': proj['dependencies'], **proj['optional-dependencies']}
+    def resolve(extra, seen=()):
+        out = []
+        for d in raw[extra]:
+            r = Requirement(d)
+            if r.name.replace('-', '_') == 'vallecorsa_ml': out += [x for e in sorted(r.extras) if e not in seen for x in resolve(e, seen + (e,))]
+            else: out.append(r)
+        return out
+    return {k: resolve(k) for k in raw}
+
+def test_dependency_ranges_admit_the_working_torch_pair():
+    deps = {r.name: r for rs in _requirements().values() for r in rs}
     assert deps['torch'].specifier.contains('2.14.1') and not deps['torch'].specifier.contains('2.15.0')
     assert deps['torchvision'].specifier.contains('0.29.1')
     assert deps['pythia8mc'].specifier.contains('8.317.2') and not deps['pythia8mc'].specifier.contains('8.318.0')
+
+def test_every_optional_import_names_an_extra_that_installs_it():
+    "Each `optional_import(module, extra)` of the package names an extra of pyproject that lists the module's distribution."
+    import re
+    from importlib.metadata import packages_distributions
+    reqs = _requirements()
+    dists = packages_distributions()
+    norm = lambda n: re.sub(r'[-_.]+', '-', n).lower()
+    calls = {(m, e) for f in (ROOT/'vallecorsa_ml').rglob('*.py')
+             for m, e in re.findall(r"optional_import\('([\w.]+)', '(\w+)'\)", f.read_text())}
+    calls = {(m, e) for m, e in calls if m.split('.')[0] not in sys.stdlib_module_names and not m.startswith('vml_no_such')}
+    assert len(calls) >= 10, calls
+    for m, e in sorted(calls):
+        assert e in reqs, f"optional_import({m!r}, {e!r}): no extra {e!r} in pyproject.toml"
+        top = m.split('.')[0]
+        provide = {norm(d) for d in dists.get(top, [top])}
+        assert provide & {norm(r.name) for r in reqs[e] + reqs['']}, f"optional_import({m!r}, {e!r}): [{e}] does not install {sorted(provide)}"
+    assert not {norm(r.name) for r in reqs['']} & {'fastai', 'onnx', 'pythia8mc', 'shapely', 'brevitas', 'nbdev'}, "a wing's package in the base install"
 
 def test_data_folder_is_small_and_added_once():
     "data/ stays under 100 MB, and no file there was ever rewritten (each is added once, so history stays small)."

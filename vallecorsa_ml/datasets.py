@@ -58,9 +58,8 @@ def split_rows(name: str, split: str) -> tuple:
 
 def shipped(name: str) -> Shipped:
     "The `Shipped` entry `name`; the error lists the known names."
-    if name not in SHIPPED:
-        raise VMLInputError(f"unknown shipped dataset {name!r}; known: {', '.join(SHIPPED)}", field='name')
-    return SHIPPED[name]
+    try: return SHIPPED[name]
+    except KeyError: raise VMLInputError(f"unknown shipped dataset {name!r}; known: {', '.join(SHIPPED)}", field='name') from None
 
 # %% ../nbs/04_datasets.ipynb #b76cc8fb
 def dataset_path(name_or_path: str | os.PathLike) -> Path:

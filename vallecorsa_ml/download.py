@@ -126,6 +126,7 @@ def registry() -> dict[str, Public]:
         reg.update({k: _entry(k, v, src) for k, v in extra.items()})
     return reg
 
+# %% ../nbs/05_download.ipynb #ccdc5807
 def public(name: str) -> Public:
     "The registry entry `name`; the error lists the known names."
     reg = registry()
@@ -146,6 +147,7 @@ def pinned(name: str) -> dict:
     p = pins_path()
     return load_json(p).get(name, {}) if p.exists() else {}
 
+# %% ../nbs/05_download.ipynb #3da047b4
 def pin(name: str, fname: str, path: str | os.PathLike, url: str = '') -> str:
     "Record the SHA-256 and size of `path` as the pinned checksum of file `fname` of dataset `name`; return 'sha256:…'."
     h = pooch.file_hash(str(path), alg='sha256')
@@ -228,6 +230,7 @@ def _manual_hint(name: str, f: PublicFile, dest: Path) -> str:
     opt = '' if dest.parent == public_dir(name) else f' --folder {dest.parent}'
     return f"get {f.url} by hand and put it at {dest} (then `vml-data fetch {name}{opt}` checks it)"
 
+# %% ../nbs/05_download.ipynb #7f9239b0
 def fetch_file(name: str, f: PublicFile, folder: str | os.PathLike | None = None, progress: bool = True,
                retries: int = 3, timeout: float = 30.0) -> Path:
     "Download file `f` of dataset `name` into `folder` (default `public_dir(name)`), resuming and checking it; return its path."
@@ -258,6 +261,7 @@ def fetch_file(name: str, f: PublicFile, folder: str | os.PathLike | None = None
     if known is None: pin(name, f.fname, dest, f.url)
     return dest
 
+# %% ../nbs/05_download.ipynb #f170cb62
 def fetch(name: str, folder: str | os.PathLike | None = None, progress: bool = True, files: list | None = None,
           retries: int = 3, timeout: float = 30.0) -> Path:
     "Fetch the files of public dataset `name` (all, or those in `files`) into `folder` (default `public_dir(name)`); return the folder."
@@ -285,6 +289,7 @@ def public_path(name: str, file: str | None = None) -> Path:
     if missing: raise VMLInputError(f"not fetched: {', '.join(missing)}; run `vml-data fetch {name}`", file=folder)
     return folder/file if file else folder
 
+# %% ../nbs/05_download.ipynb #2bf1a36f
 def verify(name: str, folder: str | os.PathLike | None = None) -> dict[str, str]:
     "Re-check the files of public dataset `name` on disk against their published or pinned checksums: `{fname: status}`."
     d = public(name)
@@ -365,6 +370,7 @@ def data_table() -> str:
                 units=p.units) for p in registry().values()]
     return f"shipped (in data/):\n\n{md_table(ship)}\n\npublic (vml-data fetch NAME → {data_dir()/'public'}):\n\n{md_table(pub)}"
 
+# %% ../nbs/05_download.ipynb #09856bca
 _COMMANDS = ('list', 'fetch', 'verify', 'path', 'check-xbd')
 
 @call_parse

@@ -16,17 +16,22 @@ from .core import (VMLInputError, check_profile, save_json, load_json, repo_root
                                  PROFILES, provenance)
 
 # %% auto #0
-__all__ = ['nbs_dir', 'parameters_cell', 'topic_notebooks', 'resolve_notebooks', 'make_test_notebook', 'NotebookRun',
-           'run_notebook', 'write_report', 'run_pipeline', 'results_dir', 'record_results', 'load_results',
-           'results_table', 'show_results']
+__all__ = ['checkout_folder', 'nbs_dir', 'parameters_cell', 'topic_notebooks', 'resolve_notebooks', 'make_test_notebook',
+           'NotebookRun', 'run_notebook', 'write_report', 'run_pipeline', 'results_dir', 'record_results',
+           'load_results', 'results_table', 'show_results']
 
 # %% ../nbs/01_pipeline.ipynb #d3224995
+def checkout_folder(name: str, field: str, why: str) -> Path:
+    "Folder `name` of the checkout (`nbs`, `results`, ...); outside a checkout a `VMLInputError` on `field` saying `why`."
+    root = repo_root()
+    if root is None: raise VMLInputError(f"not running from a checkout: {why}", field=field)
+    return root/name
+
 def nbs_dir() -> Path:
     "The `nbs/` folder of the checkout."
-    root = repo_root()
-    if root is None: raise VMLInputError("not running from a checkout: pass notebook paths explicitly", field='notebooks')
-    return root/'nbs'
+    return checkout_folder('nbs', 'notebooks', 'pass notebook paths explicitly')
 
+# %% ../nbs/01_pipeline.ipynb #d005cfa0
 def parameters_cell(path: str | os.PathLike) -> int | None:
     "Index of the cell tagged `parameters` in notebook `path`, or None."
     path = Path(path)
@@ -37,7 +42,8 @@ def parameters_cell(path: str | os.PathLike) -> int | None:
         if 'parameters' in (c.get('metadata', {}).get('tags') or []): return i
     return None
 
-_topic_re = re.compile(r'^(\d\d)_.+\.ipynb$')
+# %% ../nbs/01_pipeline.ipynb #09634ed8
+_topic_re = re.compile(r'^(\d\d)[a-z]?_.+\.ipynb$')   # 15_calo.gan, 15a_calo.readout, ...
 
 def topic_notebooks(nbs_path: str | os.PathLike | None = None) -> list[Path]:
     "The topic notebooks in `nbs_path` (default: the checkout's `nbs/`), sorted by number."
@@ -214,9 +220,7 @@ def run_pipeline(notebooks: Sequence[str] | None = None, profile: str = 'quick',
 # %% ../nbs/01_pipeline.ipynb #3de4ea0c
 def results_dir() -> Path:
     "The checkout's `results/` folder (recorded headline figures, committed)."
-    root = repo_root()
-    if root is None: raise VMLInputError("not running from a checkout: results/ lives in the repository", field='results')
-    return root/'results'
+    return checkout_folder('results', 'results', 'results/ lives in the repository')
 
 def record_results(results: Sequence[NotebookRun], profile: str, command: str | None = None, folder=None) -> list[Path]:
     "Write `results/<notebook>.json` (metrics + provenance) for every notebook of `results` that ran ok; → the files."
@@ -228,6 +232,7 @@ def record_results(results: Sequence[NotebookRun], profile: str, command: str | 
                                   metrics=r.metrics), folder/f'{r.name}.json'))
     return out
 
+# %% ../nbs/01_pipeline.ipynb #a3cc26ea
 def load_results(notebook: str, folder=None) -> dict | None:
     "The recorded results of `notebook` (stem, e.g. '31_traffic.models'), or None when none are recorded."
     p = (Path(folder) if folder else results_dir())/f'{notebook}.json'
@@ -249,6 +254,7 @@ def results_table(notebook: str, keys: Sequence[str] | None = None, labels: dict
            f"{pv['cpus']} CPUs, {pv['date'][:10]}; {res['seconds']:.0f} s.*")
     return md_table(rows) + '\n\n' + src
 
+# %% ../nbs/01_pipeline.ipynb #5a8e26ee
 def show_results(notebook: str, keys: Sequence[str] | None = None, labels: dict | None = None):
     "Display `results_table` as markdown (in a notebook)."
     from IPython.display import Markdown, display
