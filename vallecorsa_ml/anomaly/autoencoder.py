@@ -40,7 +40,8 @@ class ParticleAE(nn.Module):
         if latent_act not in ('tanh', None): raise VMLInputError(f"latent_act must be 'tanh' or None, got {latent_act!r}", field='latent_act')
         self.latent, self.variational, self.n_const, self.latent_act = latent, variational, n_const, latent_act
         f1, f2, f3 = filters
-        self.register_buffer('mean', torch.zeros(3)); self.register_buffer('std', torch.ones(3))
+        self.register_buffer('mean', torch.zeros(3))
+        self.register_buffer('std', torch.ones(3))
         L = (n_const - 2 - 4) // 2
         self.shape_conv = (f3, L)
         self.enc_conv = nn.Sequential(nn.Conv2d(1, f1, 3), nn.ELU())
@@ -56,7 +57,8 @@ class ParticleAE(nn.Module):
     def set_norm(self, jets: np.ndarray):
         "Set the standardisation from training jets (…, 100, 3)."
         x = np.asarray(jets, np.float64).reshape(-1, 3)
-        self.mean.copy_(torch.tensor(x.mean(0))); self.std.copy_(torch.tensor(x.std(0) + 1e-8))
+        self.mean.copy_(torch.tensor(x.mean(0)))
+        self.std.copy_(torch.tensor(x.std(0) + 1e-8))
         return self
 
     def normalize(self, x):
@@ -88,7 +90,8 @@ class ParticleAE(nn.Module):
 class AELoss(nn.Module):
     "Chamfer reconstruction loss, plus `beta`·KL for a VAE; mean over the batch."
     def __init__(self, beta: float = 0.05):
-        super().__init__(); self.beta = beta
+        super().__init__()
+        self.beta = beta
     def forward(self, pred, *_):
         rec, xn, mu, logvar = pred
         loss = chamfer(rec, xn)
@@ -111,7 +114,8 @@ def _train_autoencoder(jets, latent, variational, epochs, bs, lr, beta, seed, va
     jets = np.asarray(jets, np.float32).reshape(-1, N_CONST, 3)
     if len(jets) < 10: raise VMLInputError(f"need at least 10 jets to train, got {len(jets)}", field='jets')
     rng = seed_everything(seed)
-    idx = rng.permutation(len(jets)); nv = max(1, int(valid_frac * len(jets)))
+    idx = rng.permutation(len(jets))
+    nv = max(1, int(valid_frac * len(jets)))
     tr, va = jets[idx[nv:]], jets[idx[:nv]]
     model = ParticleAE(latent, variational).set_norm(tr)
     t = lambda a: torch.utils.data.TensorDataset(torch.tensor(a), torch.zeros(len(a)))
@@ -135,11 +139,13 @@ def ae_scores(model: ParticleAE, constituents: np.ndarray, bs: int = 2048, threa
     with set_threads(threads or None), torch.no_grad(): return _ae_scores(model, c, bs)
 
 def _ae_scores(model, c, bs):
-    model.eval(); lat, rec, kl = [], [], []
+    model.eval()
+    lat, rec, kl = [], [], []
     x = torch.tensor(c.reshape(-1, N_CONST, 3))
     for i in range(0, len(x), bs):
         r, xn, mu, lv = model(x[i:i + bs])
-        lat.append(mu); rec.append(chamfer(r, xn))
+        lat.append(mu)
+        rec.append(chamfer(r, xn))
         kl.append(kl_normal(mu, lv) if lv is not None else torch.zeros(len(mu)))
     n = len(c)
     return dict(latent=torch.cat(lat).reshape(n, 2, -1).numpy(), reco=torch.cat(rec).reshape(n, 2).sum(1).numpy(),
@@ -158,7 +164,9 @@ def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: boo
     path, key = _ae_cache_path(qcd_file, n_train, latent, variational, epochs, seed)
     if path.exists() and not retrain:
         blob = load_checkpoint(path, what='cached autoencoder', keys=('state', 'history'))
-        m = ParticleAE(latent, variational); m.load_state_dict(blob['state']); return m.eval(), blob['history']
+        m = ParticleAE(latent, variational)
+        m.load_state_dict(blob['state'])
+        return m.eval(), blob['history']
     data, _ = load_events(qcd_file, keys=('constituents',))
     if n_train > len(data['constituents']):
         raise VMLInputError(f"n_train={n_train} but the file has {len(data['constituents'])} events", file=qcd_file, field='constituents')
@@ -168,14 +176,17 @@ def cached_autoencoder(qcd_file, n_train: int, latent: int = 8, variational: boo
 
 # %% ../../nbs/21_anomaly.autoencoder.ipynb #e900b002
 def _train_job(kw: dict) -> int:
-    cached_autoencoder(**kw); return 1
+    cached_autoencoder(**kw)
+    return 1
 
 def train_autoencoders(jobs: list, workers: int = 2) -> int:
     "Train the `cached_autoencoder` configurations `jobs` (dicts of its arguments) not cached yet, over `workers` spawned processes of one torch thread each; returns how many were trained."
     import inspect
     sig = inspect.signature(cached_autoencoder)
     def path(j):     # the job's cache file, with `cached_autoencoder`'s own defaults for what the job leaves out
-        a = sig.bind(**j); a.apply_defaults(); a = a.arguments
+        a = sig.bind(**j)
+        a.apply_defaults()
+        a = a.arguments
         return _ae_cache_path(a['qcd_file'], a['n_train'], a['latent'], a['variational'], a['epochs'], a['seed'])[0]
     todo = [j for j in jobs if not path(j).exists()]
     if workers > 1 and len(todo) > 1:

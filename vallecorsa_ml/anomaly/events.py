@@ -113,7 +113,8 @@ def tau21(constituents, R0: float = JET_R) -> float:
     fj = optional_import('fastjet', 'anomaly')
     constituents = list(constituents)
     if len(constituents) < 2: return 1.0
-    pt = np.array([c.pt() for c in constituents]); eta = np.array([c.rap() for c in constituents])
+    pt = np.array([c.pt() for c in constituents])
+    eta = np.array([c.rap() for c in constituents])
     phi = np.array([c.phi() for c in constituents])
     cs = fj.ClusterSequence(constituents, fj.JetDefinition(fj.kt_algorithm, 10.0))
     taus = []
@@ -136,9 +137,12 @@ def dijet_event(px, py, pz, e, pt_min: float = 200., eta_max: float = 2.5):
     consts, imgs, feats, kin = [], [], [], []
     for j in jets:
         cj = list(j.constituents())
-        pt = np.array([c.pt() for c in cj]); eta = np.array([c.rap() for c in cj]); phi = np.array([c.phi() for c in cj])
+        pt = np.array([c.pt() for c in cj])
+        eta = np.array([c.rap() for c in cj])
+        phi = np.array([c.phi() for c in cj])
         c = constituent_list(pt, eta, phi, j.rap(), j.phi())
-        consts.append(c); imgs.append(jet_image(c))
+        consts.append(c)
+        imgs.append(jet_image(c))
         feats.append([max(j.m(), 0.0), softdrop_mass(cj), tau21(cj), len(cj)])
         kin.append([j.pt(), j.rap(), j.phi()])
     jj = jets[0] + jets[1]
@@ -200,7 +204,8 @@ def generate_many(requests, workers: int = 2, chunk: int = 200, progress: bool =
     n_all = sum(len(r[0]['mjj']) for r in res)
     out, i = [], 0
     for process, n, seed, seeds, js in plans:
-        rs = res[i:i + len(js)]; i += len(js)
+        rs = res[i:i + len(js)]
+        i += len(js)
         data = {k: np.concatenate([r[0][k] for r in rs if len(r[0]['mjj'])]) for k in EVENT_KEYS}
         worker_s = float(sum(r[3] for r in rs))
         meta = dict(process=process, seed=seed, n_requested=n, n_events=int(len(data['mjj'])),
@@ -269,7 +274,8 @@ def anomaly_protocol(profile: str) -> dict:
 
 def event_ranges(profile: str) -> dict:
     "Disjoint event ranges per role: background samples {'ae', 'km', 'test'} slices, signals {'test'}."
-    P = anomaly_protocol(profile); a, k, t = P['n_ae'], P['n_km'], P['n_test']
+    P = anomaly_protocol(profile)
+    a, k, t = P['n_ae'], P['n_km'], P['n_test']
     bkg = dict(ae=slice(0, a), km=slice(a, a + k), test=slice(a + k, a + k + t))
     return {p: (dict(bkg) if p in BACKGROUNDS else dict(test=slice(0, t))) for p in PROCESSES}
 

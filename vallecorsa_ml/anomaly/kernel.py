@@ -40,7 +40,8 @@ def quantum_states(X: np.ndarray, reps: int = 3, entanglement: str = 'linear', b
     dev = qml.device('default.qubit', wires=n)
     @qml.qnode(dev)
     def circuit(x):
-        feature_map_ops(x, n, reps, entanglement); return qml.state()
+        feature_map_ops(x, n, reps, entanglement)
+        return qml.state()
     out = [np.asarray(circuit(X[i:i + batch])).reshape(-1, 2 ** n) for i in range(0, len(X), batch)]
     return np.concatenate(out) if out else np.zeros((0, 2 ** n), complex)
 
@@ -56,7 +57,9 @@ class LatentScaler:
     "Min–max scaling of features to [0, `hi`] with the training range."
     def __init__(self, hi: float = 1.0): self.hi = hi
     def fit(self, X):
-        X = np.asarray(X, np.float64); self.lo_, self.span_ = X.min(0), np.maximum(X.max(0) - X.min(0), 1e-12); return self
+        X = np.asarray(X, np.float64)
+        self.lo_, self.span_ = X.min(0), np.maximum(X.max(0) - X.min(0), 1e-12)
+        return self
     def transform(self, X): return (np.asarray(X, np.float64) - self.lo_) / self.span_ * self.hi
 
 def flat_latent(latent: np.ndarray) -> np.ndarray:
@@ -74,7 +77,8 @@ class OneClassScorer:
     def fit(self, X):
         from sklearn.svm import OneClassSVM
         from sklearn.ensemble import IsolationForest
-        self.scaler_ = LatentScaler().fit(X); Z = self.scaler_.transform(X)
+        self.scaler_ = LatentScaler().fit(X)
+        Z = self.scaler_.transform(X)
         if self.kind == 'rbf': self.model_ = OneClassSVM(kernel='rbf', gamma='scale', nu=self.nu).fit(Z)
         elif self.kind == 'iforest': self.model_ = IsolationForest(n_estimators=200, random_state=self.seed).fit(Z)
         else:
@@ -102,11 +106,14 @@ def fold_roc(score_bkg, score_sig, k: int = 5, tpr_grid=None):
     "Mean and std over folds of 1/FPR on a TPR grid (the paper's ROC presentation)."
     from sklearn.metrics import roc_curve
     tpr_grid = np.linspace(0.05, 1, 96) if tpr_grid is None else tpr_grid
-    n = min(len(score_bkg), len(score_sig)) // k; inv = []
+    n = min(len(score_bkg), len(score_sig)) // k
+    inv = []
     for i in range(k):
         fpr, tpr, _ = roc_curve(np.r_[np.zeros(n), np.ones(n)], np.r_[score_bkg[i * n:(i + 1) * n], score_sig[i * n:(i + 1) * n]])
-        f = np.interp(tpr_grid, tpr, fpr); inv.append(1 / np.maximum(f, 1 / n))
-    inv = np.array(inv); return tpr_grid, inv.mean(0), inv.std(0)
+        f = np.interp(tpr_grid, tpr, fpr)
+        inv.append(1 / np.maximum(f, 1 / n))
+    inv = np.array(inv)
+    return tpr_grid, inv.mean(0), inv.std(0)
 
 # %% ../../nbs/22_anomaly.kernel.ipynb #1a17d3fd
 from fastcore.script import call_parse
@@ -123,7 +130,9 @@ def anomaly_bench(n_events: int = 100_000, n_train: int = 600, latent: int = 8, 
                  support_vectors=len(rbf.model_.support_)),
            bench(lambda: iso.score(Xte), items=n_events, name='iforest score', repeats=repeats)]
     if 2 * latent <= 16:
-        q = OneClassScorer('quantum').fit(Xtr); Xk = Xte[:n_kernel]; Z = q.scaler_.transform(Xk)
+        q = OneClassScorer('quantum').fit(Xtr)
+        Xk = Xte[:n_kernel]
+        Z = q.scaler_.transform(Xk)
         res.append(bench(lambda: quantum_states(Z), items=n_kernel, name=f'quantum statevectors ({latent} qubits)', repeats=repeats))
         S = quantum_states(Z)
         res.append(bench(lambda: np.abs(S.conj() @ q.states_.T) ** 2, items=n_kernel * n_train,
@@ -143,5 +152,6 @@ def vml_anomaly_bench(
     repeats: int = 3,         # Timed repeats per case
 ):
     "Time anomaly scoring: classical OC-SVM and Isolation Forest on many events, the quantum fidelity kernel per entry."
-    info = cpu_info(); print(f"# {info.get('model', '')} · {info['cpus']} cpus · python {info['python']}")
+    info = cpu_info()
+    print(f"# {info.get('model', '')} · {info['cpus']} cpus · python {info['python']}")
     print(bench_table(anomaly_bench(n_events, n_train, latent, n_kernel, repeats)))

@@ -189,7 +189,8 @@ def _smooth_noise(rng, size, cells=4):
     "Low-frequency noise in [-1, 1] (bilinear upsampling of a coarse random grid)."
     g = rng.uniform(-1, 1, (cells + 1, cells + 1))
     t = np.linspace(0, cells, size)
-    i = np.minimum(t.astype(int), cells - 1); f = t - i
+    i = np.minimum(t.astype(int), cells - 1)
+    f = t - i
     a = g[i][:, i] * (1 - f)[None] + g[i][:, i + 1] * f[None]
     b = g[i + 1][:, i] * (1 - f)[None] + g[i + 1][:, i + 1] * f[None]
     return a * (1 - f)[:, None] + b * f[:, None]

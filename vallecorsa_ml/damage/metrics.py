@@ -60,7 +60,9 @@ class XView2Score:
             for a in zip(loc_pred, dmg_pred, loc_targ, dmg_targ): self.update(*a)
             return self
         l, d = xview2_rows(loc_pred, dmg_pred, loc_targ, dmg_targ)
-        self.l += l; self.d += d; self.n += 1
+        self.l += l
+        self.d += d
+        self.n += 1
         return self
     def compute(self) -> dict:
         "Official keys (`score`, `damage_f1`, `localization_f1`, `damage_f1_<class>`) plus precisions/recalls."
@@ -70,7 +72,8 @@ class XView2Score:
         f1s = []
         for i, k in enumerate(self.keys):
             tp, fn, fp = self.d[3 * i:3 * i + 3]
-            p, r, f = prf1(tp, fp, fn); f1s.append(f)
+            p, r, f = prf1(tp, fp, fn)
+            f1s.append(f)
             out[f'damage_f1_{k}'], out[f'damage_precision_{k}'], out[f'damage_recall_{k}'] = f, p, r
         out['damage_f1'] = harmonic_f1(f1s)
         out['score'] = 0.3 * lf + 0.7 * out['damage_f1']
@@ -151,7 +154,8 @@ def score_folders(pred_dir: str | os.PathLike, targ_dir: str | os.PathLike, test
         lp, dp = (read_xview2_png(xview2_png(pred_dir, i, k, 'prediction', h)) for k in ('localization', 'damage'))
         if lp.shape != lt.shape or dp.shape != lt.shape:
             raise VMLInputError(f"prediction {lp.shape} and target {lt.shape} differ in size", file=xview2_png(pred_dir, i, 'localization', 'prediction', h))
-        s.update(lp, dp, lt, dt); n += 1
+        s.update(lp, dp, lt, dt)
+        n += 1
     if n == 0: raise VMLInputError("no '*_localization_*_target.png' files", file=targ_dir)
     return s.compute()
 

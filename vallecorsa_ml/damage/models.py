@@ -99,7 +99,8 @@ class SiameseTransformer(nn.Module):
         h, w = a.shape[-2:]
         t = torch.cat([a.flatten(2).transpose(1, 2) + self.time_embed[0], b.flatten(2).transpose(1, 2) + self.time_embed[1]], 1)
         t = self.cross(t)
-        fa = fa[:-1] + [t[:, :h * w].transpose(1, 2).reshape(a.shape)]; fb = fb[:-1] + [t[:, h * w:].transpose(1, 2).reshape(b.shape)]
+        fa = fa[:-1] + [t[:, :h * w].transpose(1, 2).reshape(a.shape)]
+        fb = fb[:-1] + [t[:, h * w:].transpose(1, 2).reshape(b.shape)]
         q = fa[0].shape[-2:]
         dmg = self._mlp_decode([torch.cat([x, y, y - x], 1) for x, y in zip(fa, fb)], self.proj_dmg, self.mix_dmg, q)
         up = lambda x: F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
@@ -214,11 +215,17 @@ def epochs_for_budget(learn: Learner, seconds: float, n_batches: int = 3, max_ep
     state = {k: v.clone() for k, v in learn.model.state_dict().items()}
     model, lf = learn.model, learn.loss_func
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
-    model.train(); it = iter(learn.dls.train); times = []
+    model.train()
+    it = iter(learn.dls.train)
+    times = []
     for _ in range(n_batches + 1):
         try: a, b, y = next(it)
         except StopIteration: break
-        t0 = time.perf_counter(); loss = lf(model(a, b), y); opt.zero_grad(); loss.backward(); opt.step()
+        t0 = time.perf_counter()
+        loss = lf(model(a, b), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         times.append(time.perf_counter() - t0)
     model.load_state_dict(state)
     per_batch = float(np.median(times[1:] or times))
@@ -240,7 +247,9 @@ def predict(model: nn.Module, data: dict, bs: int = 32, vote: bool = True, bf16:
     for i in range(0, len(ds), bs):
         a, b, _ = (torch.stack(t) for t in zip(*[ds[j] for j in range(i, min(i + bs, len(ds)))]))
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16): out = model(a, b)
-        l, d = decode(out.float(), vote=vote); locs.append(l); dmgs.append(d)
+        l, d = decode(out.float(), vote=vote)
+        locs.append(l)
+        dmgs.append(d)
     return np.concatenate(locs), np.concatenate(dmgs)
 
 def write_predictions(folder, data: dict, loc: np.ndarray, dmg: np.ndarray) -> Path:
@@ -259,12 +268,16 @@ def bench_damage(models: Sequence[str] = ('unet', 'transformer'), bs: int = 16, 
         m = make_model(name, **({'widths': (12, 24, 48, 96)} if name == 'unet' else {'dim': 48}))
         opt, lf = torch.optim.AdamW(m.parameters(), 1e-4), DamageLoss()
         a, b = torch.randn(bs, 3, size, size), torch.randn(bs, 3, size, size)
-        y = torch.zeros(bs, 2, size, size, dtype=torch.long); y[:, :, size // 4:size // 2, size // 4:size // 2] = 1
+        y = torch.zeros(bs, 2, size, size, dtype=torch.long)
+        y[:, :, size // 4:size // 2, size // 4:size // 2] = 1
         for dt in dtypes:
             if dt not in ('fp32', 'bf16'): raise VMLInputError(f"dtype must be fp32 or bf16, got {dt!r}", field='dtypes')
             def step():
                 with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dt == 'bf16'): out = m(a, b)
-                loss = lf(out.float(), y); opt.zero_grad(); loss.backward(); opt.step()
+                loss = lf(out.float(), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
             res.append(bench(step, items=bs, name=f'{name} {dt}', warmup=warmup, repeats=repeats, threads=torch.get_num_threads()))
     return res
 
@@ -284,5 +297,6 @@ def vml_damage_bench(
     info = cpu_info()
     print(f"# {info.get('model', '')} {info.get('isa', '')} threads={torch.get_num_threads()}")
     for name in dict.fromkeys(r.name.split()[0] for r in res):
-        print(bench_table([r for r in res if r.name.startswith(name + ' ')], baseline=f'{name} fp32')); print()
+        print(bench_table([r for r in res if r.name.startswith(name + ' ')], baseline=f'{name} fp32'))
+        print()
     return res
