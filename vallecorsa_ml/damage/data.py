@@ -18,8 +18,8 @@ from shapely.geometry import Polygon, MultiPolygon, box
 
 # %% auto #0
 __all__ = ['DAMAGE_CLASSES', 'SUBTYPES', 'UNCLASSIFIED_POLICIES', 'DISASTERS', 'DAMAGE_COLORS', 'subtype_value', 'parse_polygon',
-           'rasterize', 'read_label', 'tile_masks', 'list_tiles', 'read_tile', 'load_xbd', 'write_label', 'synth_tile',
-           'write_synthetic_xbd', 'synthetic_xbd', 'colorize']
+           'rasterize', 'read_label', 'read_tile_labels', 'tile_masks', 'list_tiles', 'read_tile', 'load_xbd',
+           'write_label', 'synth_tile', 'write_synthetic_xbd', 'synthetic_xbd', 'colorize']
 
 # %% ../../nbs/40_damage.data.ipynb #58077886
 DAMAGE_CLASSES = ('no-damage', 'minor-damage', 'major-damage', 'destroyed')
@@ -88,6 +88,13 @@ def read_label(path: str | os.PathLike, require_subtype: bool | None = None) -> 
         bld.append({'polygon': g, 'subtype': st, 'uid': props.get('uid', str(i))})
     return {'metadata': meta, 'buildings': bld}
 
+def read_tile_labels(root: str | os.PathLike, tile: str) -> tuple[dict, dict | None]:
+    "The parsed post-disaster label of tile `tile` of xBD folder `root`, and its pre-disaster label (None when it has none)."
+    lp = Path(root)/'labels'
+    post = read_label(lp/f'{tile}_post_disaster.json', require_subtype=True)
+    pre_file = lp/f'{tile}_pre_disaster.json'
+    return post, (read_label(pre_file, require_subtype=False) if pre_file.exists() else None)
+
 # %% ../../nbs/40_damage.data.ipynb #95a6a601
 def _meta_shape(meta: dict, default):
     try: return int(meta['height']), int(meta['width'])
@@ -127,9 +134,8 @@ def read_tile(root: str | os.PathLike, tile: str, unclassified: str = 'no-damage
     post = _read_rgb(post_path)
     if pre.shape != post.shape:
         raise VMLInputError(f"size mismatch: pre {pre.shape[1]}x{pre.shape[0]}, post {post.shape[1]}x{post.shape[0]}", file=post_path)
-    post_lab = read_label(lp/f'{tile}_post_disaster.json', require_subtype=True)
+    post_lab, pre_lab = read_tile_labels(root, tile)
     pre_file = lp/f'{tile}_pre_disaster.json'
-    pre_lab = read_label(pre_file, require_subtype=False) if pre_file.exists() else None
     for lab, f in ((post_lab, lp/f'{tile}_post_disaster.json'), (pre_lab, pre_file)):
         if lab is None: continue
         hw = _meta_shape(lab['metadata'], pre.shape[:2])

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
 from ..core import VMLInputError, cli_errors, atomic_write, save_json, md_table, check_output
-from .data import list_tiles, read_label, tile_masks, DAMAGE_CLASSES, UNCLASSIFIED_POLICIES
+from .data import list_tiles, read_tile_labels, tile_masks, DAMAGE_CLASSES, UNCLASSIFIED_POLICIES
 
 # %% auto #0
 __all__ = ['PUBLISHED_XBD', 'TABLE_COLUMNS', 'prf1', 'harmonic_f1', 'xview2_rows', 'XView2Score', 'xview2_score', 'xview2_png',
@@ -183,9 +183,7 @@ def score_against_labels(pred_dir: str | os.PathLike, labels: str | os.PathLike,
         cands = [xbd_image_id(t)] + ([num] if nums.count(num) == 1 else [])
         img_id = next((c for c in cands if xview2_png(pred_dir, c, 'localization', 'prediction', test_hold).exists()), cands[0])
         lp, dp = (read_xview2_png(xview2_png(pred_dir, img_id, k, 'prediction', test_hold)) for k in ('localization', 'damage'))
-        post = read_label(root/'labels'/f'{t}_post_disaster.json', require_subtype=True)
-        pf = root/'labels'/f'{t}_pre_disaster.json'
-        pre = read_label(pf, require_subtype=False) if pf.exists() else None
+        post, pre = read_tile_labels(root, t)
         shape = (int(post['metadata'].get('height', lp.shape[0])), int(post['metadata'].get('width', lp.shape[1])))
         if lp.shape != shape or dp.shape != shape:
             raise VMLInputError(f"prediction is {lp.shape[1]}x{lp.shape[0]} but the label is {shape[1]}x{shape[0]}",
@@ -222,9 +220,7 @@ def write_xbd_targets(labels: str | os.PathLike, folder: str | os.PathLike, uncl
     "Write the official target PNGs (`{test_hold}_{localization|damage}_{id}_target.png`) of an xBD folder's labels."
     root, out = _labels_root(Path(labels)), []
     for t in list_tiles(root):
-        post = read_label(root/'labels'/f'{t}_post_disaster.json', require_subtype=True)
-        pf = root/'labels'/f'{t}_pre_disaster.json'
-        lt, dt = tile_masks(post, read_label(pf, require_subtype=False) if pf.exists() else None, None, unclassified)
+        lt, dt = tile_masks(*read_tile_labels(root, t), None, unclassified)
         out += write_xview2_pngs(folder, xbd_image_id(t), lt, dt, 'target', test_hold)
     return out
 
