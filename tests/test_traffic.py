@@ -1,12 +1,16 @@
 """Traffic wing: simulator conservation, loader rejections, windows without leakage, `vml-traffic-train` end to end."""
-import os, json, subprocess, sys
+import json
+from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from vallecorsa_ml.traffic.data import (COLUMNS, DIRECTIONS, STEP_S, TIME_COL, LinkConfig, DirectionConfig, simulate_link,
                                         load_traffic, save_traffic, utilisation, make_windows, chrono_split)
 from vallecorsa_ml.traffic.models import TARGETS, prepare, persistence, scores, lead_times, pr_f1
 
-BIN = Path(sys.executable).parent
+from helpers import run, one_line_error
+
+PROG = 'vml-traffic-train'
+_cli = partial(run, PROG)
 
 @pytest.fixture(scope='module')
 def sim():
@@ -85,17 +89,12 @@ def test_alarm_scores():
     r = lead_times(np.isin(np.arange(30), [12, 13]), np.arange(30), u, k=10)
     assert r['onsets'] == 1 and r['lead_median_min'] == pytest.approx(8 * STEP_S / 60)
 
-def _cli(*args, cwd=None):
-    env = dict(os.environ, HF_HUB_OFFLINE='1')
-    return subprocess.run([str(BIN/'vml-traffic'), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-
 def test_cli_bad_file(tmp_path, sim):
     raw = sim.iloc[:50].reset_index(); raw.loc[3, 'traffic_out'] = -1
     p = _write(raw, tmp_path/'neg.csv')
-    r = _cli(p, '--out', tmp_path/'o')
-    assert r.returncode == 2 and r.stderr.count('\n') == 1 and r.stderr.startswith('vml-traffic-train: error:') and 'negative' in r.stderr
-    r = _cli(tmp_path/'nope.csv'); assert r.returncode == 2 and 'file not found' in r.stderr
-    r = _cli(tmp_path/'neg.csv', '--model', 'gpt'); assert r.returncode == 2 and 'unknown model' in r.stderr
+    one_line_error(_cli(p, '--out', tmp_path/'o'), PROG, "'traffic_out': negative value -1.0 in row 3")
+    one_line_error(_cli(tmp_path/'nope.csv'), PROG, 'file not found')
+    one_line_error(_cli(tmp_path/'neg.csv', '--model', 'gpt'), PROG, "unknown model 'gpt'")
 
 def test_cli_end_to_end(tmp_path):
     r = _cli(tmp_path/'sim.csv', '--simulate', 3, '--epochs', 1, '--delta', 5, '--horizon', 3, '--out', tmp_path/'o')
@@ -253,6 +252,5 @@ def test_cli_records(tmp_path):
     assert "left out: {'other_link': 0}" in r.stdout and 'persistence' in r.stdout
     fc = pd.read_csv(tmp_path/'o'/'forecast.csv', parse_dates=[TIME_COL]); assert len(fc) == 3
     raw = pd.read_csv(tmp_path/'rec.csv'); raw.loc[4, 'size_bytes'] = -1; raw.to_csv(tmp_path/'bad.csv', index=False)
-    r = _cli('--records', tmp_path/'bad.csv', '--out', tmp_path/'o2')
-    assert r.returncode == 2 and r.stderr.count('\n') == 1 and "'size_bytes': negative size in row 4" in r.stderr
-    r = _cli('--out', tmp_path/'o3'); assert r.returncode == 2 and '--records' in r.stderr
+    one_line_error(_cli('--records', tmp_path/'bad.csv', '--out', tmp_path/'o2'), PROG, "'size_bytes': negative size in row 4")
+    one_line_error(_cli('--out', tmp_path/'o3'), PROG, '--records')

@@ -1,4 +1,6 @@
-"""LHCOPN link traffic: a loader for real monitoring exports and an FTS-like link simulator.
+"""LHCOPN link traffic: the table of an FTS-monitored link, a strict loader for real monitoring exports and for FTS
+transfer records (aggregated into the same table by `link_series`), an FTS-like link simulator with the oracle
+continuations that bound every forecaster, and the windows, splits and scaler the forecasters use.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/traffic.data.html.md"""
 

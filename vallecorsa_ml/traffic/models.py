@@ -1,4 +1,6 @@
-"""CNN, LSTM, CNN-LSTM and ConvLSTM forecasters of LHCOPN link traffic, three baselines, and a saturation alarm.
+"""CNN, LSTM, CNN-LSTM and ConvLSTM forecasters of LHCOPN link traffic trained with fastai, three baselines and the
+simulator's oracle bound, quantile forecasts with a conformal correction, and saturation alarms at a fixed
+false-alarm rate with their lead times; `vml-traffic-train` trains on a link export or on FTS transfer records.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/traffic.models.html.md"""
 
