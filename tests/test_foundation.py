@@ -59,6 +59,25 @@ def test_readme_is_generated_from_index(tmp_path):
     fresh = index_to_readme(out=tmp_path/'README.md').read_text()
     assert fresh == (ROOT/'README.md').read_text(), "README.md is stale: run `make readme` and commit"
 
+def test_readme_lists_every_console_script():
+    "The README's table names each console script once, exactly those pyproject declares (old names kept for a while aside)."
+    import re
+    text = (ROOT/'pyproject.toml').read_text()
+    block = text[text.index('[project.scripts]'):].split('\n[', 1)[0].split('# old names')[0]
+    declared = re.findall(r'^(vml-[\w-]+) = ', block, re.M)
+    table = re.findall(r'^\| `(vml-[\w-]+)` \|', (ROOT/'README.md').read_text(), re.M)
+    assert len(declared) >= 20 and sorted(table) == sorted(declared), (set(table) ^ set(declared))
+    assert all(re.fullmatch(r'vml-[a-z]+(-[a-z0-9]+)*', n) for n in declared)
+
+def test_licence_file_matches_pyproject():
+    import tomllib
+    proj = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']
+    assert proj['license'] == 'Apache-2.0' and proj['license-files'] == ['LICENSE']
+    text = (ROOT/'LICENSE').read_text()
+    assert text.lstrip().startswith('Apache License\n                           Version 2.0, January 2004')
+    assert 'END OF TERMS AND CONDITIONS' in text and len(text.splitlines()) == 202
+    assert 'example.org' not in (ROOT/'pyproject.toml').read_text()
+
 def test_notebooks_use_the_project_kernel():
     # JupyterLab from .venv opens the notebooks (kernelspec python3) with .venv's own interpreter
     from jupyter_client.kernelspec import KernelSpecManager
