@@ -16,11 +16,12 @@ from torch import nn
 from fastcore.script import call_parse
 from ..core import (VMLInputError, cli_errors, save_json, md_table, set_threads, cpu_info, Timer,
                                 seed_everything, data_dir, atomic_write)
-from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, rel_err, Variant, ort_session, net_of
+from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, rel_err, Variant, net_of
+from ..onnx_io import ort_fn
 
 # %% auto #0
-__all__ = ['OPS_PER_CYCLE', 'count_flops', 'peak_flops', 'g4_seconds', 'rapl_files', 'joules', 'time_variants', 'time_variant',
-           'op_breakdown', 'run_bench', 'fidelity', 'bar_chart', 'report', 'load_bench_generator', 'vml_bench']
+__all__ = ['OPS_PER_CYCLE', 'count_flops', 'peak_flops', 'g4_seconds', 'time_variants', 'time_variant', 'op_breakdown',
+           'run_bench', 'fidelity', 'bar_chart', 'report', 'load_bench_generator', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -52,26 +53,13 @@ def g4_seconds(energies_MeV) -> float:
     return float(g4_cpu_seconds(energies_MeV).mean())
 
 # %% ../../nbs/52_quant.bench.ipynb #2176d35d
-from ..distributed.ddp import TDP_PER_CORE_W as W_PER_CORE   # Xeon Platinum 8480+: 350 W TDP / 56 cores, one constant for the project
-
-def rapl_files() -> list:
-    "Readable RAPL package energy counters (µJ), or []."
-    out = []
-    for p in sorted(Path('/sys/class/powercap').glob('intel-rapl:*/energy_uj')):
-        try: int(p.read_text()); out.append(p)
-        except (OSError, ValueError): pass
-    return out
-
-def joules(cpu_seconds: float, w_per_core: float = W_PER_CORE) -> float:
-    "Energy [J] of `cpu_seconds` of busy core time in the CPU-time × power model."
-    if cpu_seconds < 0: raise VMLInputError("cpu_seconds must be >= 0", field='cpu_seconds')
-    return float(cpu_seconds*w_per_core)
+from ..energy import TDP_PER_CORE_W, cpu_joules, rapl_domains   # one energy account for the project
 
 # %% ../../nbs/52_quant.bench.ipynb #93f36562
 def _stats(walls, cpus, items: int, nfe: int, flops_per_item: float) -> dict:
     wall = float(np.median(walls)); cpu = float(np.median(cpus))/items*nfe
     return dict(showers_per_s=items/wall/nfe, ms_per_shower=1e3*wall/items*nfe, cpu_s_per_shower=cpu,
-                j_per_shower=joules(cpu), gflops=flops_per_item*items/wall/1e9, spread=float(np.std(walls)/wall))
+                j_per_shower=cpu_joules(cpu), gflops=flops_per_item*items/wall/1e9, spread=float(np.std(walls)/wall))
 
 def time_variants(vs: dict, inputs: tuple, streams: int = 1, repeats: int = 5, warmup: int = 1,
                   flops_per_item: float = 0.0, nfe: int = 1) -> dict:
@@ -160,7 +148,7 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
                         prec = 'int8' if 'int8' in m else 'bf16' if 'bf16' in m else 'fp32'
                         r.update(generator=name, method=m, runtime=v.runtime, precision=prec, batch=b, threads=threads, streams=s,
                                  pct_peak=100*r['gflops']*1e9/peak_flops(prec, cores=threads*s),
-                                 speedup_vs_g4=g4s/r['cpu_s_per_shower'], g4_j_per_shower=joules(g4s))
+                                 speedup_vs_g4=g4s/r['cpu_s_per_shower'], g4_j_per_shower=cpu_joules(g4s))
                         rows.append(r); log(f"{name} {m:12s} b={b:<4d} {threads}x{s}  {r['showers_per_s']:9.1f} showers/s")
     finally: set_threads(prev)
     fp, fpx = {}, {}     # per (batch, threads, streams): eager FP32, and the fastest FP32 route (eager, compiled, ORT)
@@ -246,8 +234,8 @@ def report(res: dict) -> str:
             'gflops', 'pct_peak', 'j_per_shower', 'speedup_vs_g4', 'spread']
     return (md_table(res['rows'], cols) + '\n\n' + md_table(res['best']) +
             f"\n\nFLOPs per forward {res['flops_per_forward']:.3g}, forwards per shower {res['nfe']}; Geant4 {res['g4_s_per_shower']:.3f} CPU s "
-            f"= {joules(res['g4_s_per_shower']):.3f} J per shower (README, these energies); energy model: CPU s × {W_PER_CORE:.2f} W"
-            + (" (RAPL readable but not used)" if rapl_files() else " (no readable RAPL)"))
+            f"= {cpu_joules(res['g4_s_per_shower']):.3f} J per shower (README, these energies); energy model: CPU s × {TDP_PER_CORE_W:.2f} W"
+            + (" (RAPL readable but not used)" if rapl_domains() else " (no readable RAPL)"))
 
 # %% ../../nbs/52_quant.bench.ipynb #b27828e1
 def load_bench_generator(path, kind: str = 'gan') -> nn.Module:
@@ -312,8 +300,7 @@ def vml_bench(
     for name, g in gens:
         extra = {}
         if name.startswith('gan') and qp is not None and qp.exists():
-            from vallecorsa_ml.quant.ptq import _ort_fn
-            extra['qat-int8'] = lambda th, qp=qp: Variant('qat-int8', 'onnxruntime (brevitas QCDQ)', _ort_fn(qp, ['z', 'cond'], th))
+            extra['qat-int8'] = lambda th, qp=qp: Variant('qat-int8', 'onnxruntime (brevitas QCDQ)', ort_fn(qp, ['z', 'cond'], th))
         r = run_bench(g, name, ms, bs, cfgs, repeats, n_fid=fidelity, cls_epochs=cls_epochs, extra=extra)
         allres[name] = r; text.append(f"## {name}\n\n" + report(r))
     print('\n\n'.join(text))

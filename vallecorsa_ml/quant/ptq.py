@@ -14,11 +14,12 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from ..core import VMLInputError, atomic_write, seed_everything
+from ..core import VMLInputError, atomic_write, seed_everything, optional_import
+from ..onnx_io import export_onnx, ort_session, ort_fn
 
 # %% auto #0
-__all__ = ['METHODS', 'rel_err', 'net_of', 'calib_inputs', 'g4_conditions', 'Variant', 'edge_layers', 'export_onnx',
-           'ort_session', 'quantize_onnx', 'quantize', 'swapped_forward', 'sample_with']
+__all__ = ['METHODS', 'rel_err', 'net_of', 'calib_inputs', 'g4_conditions', 'Variant', 'edge_layers', 'quantize_onnx', 'quantize',
+           'swapped_forward', 'sample_with']
 
 # %% ../../nbs/50_quant.ptq.ipynb #a6831190
 def rel_err(q, f) -> float:
@@ -93,12 +94,11 @@ def _bf16(net):
 
 # %% ../../nbs/50_quant.ptq.ipynb #78840e9b
 def _int8_dyn(net):
-    import copy
-    from torchao.quantization import quantize_, Int8DynamicActivationInt8WeightConfig
+    tq = optional_import('torchao.quantization', 'quant')
     m = copy.deepcopy(net).eval()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+        tq.quantize_(m, tq.Int8DynamicActivationInt8WeightConfig())
     return m, sum(isinstance(x, nn.Linear) for x in m.modules())
 
 # %% ../../nbs/50_quant.ptq.ipynb #eb9a1f3f
@@ -119,8 +119,8 @@ def _compiled(m: nn.Module):
     return fn
 
 def _int8_pt2e(net, calib, keep_fp32=None):
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, convert_pt2e
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    pt2e = optional_import('torchao.quantization.pt2e.quantize_pt2e', 'quant')
+    xiq = optional_import('torchao.quantization.pt2e.quantizer.x86_inductor_quantizer', 'quant')
     q, qc = xiq.X86InductorQuantizer(), xiq.get_default_x86_inductor_quantization_config()
     if keep_fp32 is None: q.set_global(qc)      # everything the x86 quantizer annotates (incl. binary mul/add)
     else:    # only the named GEMM layers: the edge layers, the cell transform and the threshold masks stay FP32
@@ -129,35 +129,11 @@ def _int8_pt2e(net, calib, keep_fp32=None):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         em = torch.export.export(net.eval(), tuple(calib), dynamic_shapes=tuple({0: torch.export.Dim.DYNAMIC} for _ in calib)).module()
-        pm = prepare_pt2e(em, q)
+        pm = pt2e.prepare_pt2e(em, q)
         with torch.no_grad(): pm(*calib)            # calibration: observers see the real-condition inputs
-        cm = convert_pt2e(pm)
+        cm = pt2e.convert_pt2e(pm)
     nq = sum(1 for n in cm.graph.nodes if 'quantize_per' in str(n.target))
     return cm, nq
-
-# %% ../../nbs/50_quant.ptq.ipynb #03d75217
-def export_onnx(net: nn.Module, inputs: tuple, path, names=None, opset: int = 17) -> Path:
-    "Export `net(*inputs)` to ONNX with a dynamic batch axis (legacy TorchScript exporter), atomically."
-    names = list(names or [f'in{i}' for i in range(len(inputs))])
-    path = Path(path)
-    with atomic_write(path, suffix='.onnx') as tmp, warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(net.eval(), tuple(inputs), str(tmp), input_names=names, output_names=['out'], opset_version=opset,
-                          dynamo=False, dynamic_axes={**{n: {0: 'batch'} for n in names}, 'out': {0: 'batch'}})
-    return path
-
-def ort_session(path, threads: int = 0):
-    "ONNX Runtime CPU session (`threads` intra-op threads; 0: ORT's default)."
-    import onnxruntime as ort
-    so = ort.SessionOptions(); so.intra_op_num_threads = int(threads); so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
-
-def _ort_fn(path, names, threads=0):
-    sess = ort_session(path, threads)
-    def fn(*x): return torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in zip(names, x)})[0])
-    fn.session = sess
-    return fn
 
 # %% ../../nbs/50_quant.ptq.ipynb #5b33f4c5
 class _Reader:
@@ -168,8 +144,9 @@ class _Reader:
 
 def quantize_onnx(src, dst, calib_feeds=None, dynamic: bool = False) -> Path:
     "INT8 ONNX model with `onnxruntime.quantization`: static QDQ (per-channel int8 weights, uint8 activations, calibrated on `calib_feeds`) or dynamic."
-    from onnxruntime.quantization import quantize_static, quantize_dynamic, QuantType, QuantFormat, CalibrationDataReader
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    oq = optional_import('onnxruntime.quantization', 'quant')
+    quantize_static, quantize_dynamic, QuantType, QuantFormat = oq.quantize_static, oq.quantize_dynamic, oq.QuantType, oq.QuantFormat
+    quant_pre_process = optional_import('onnxruntime.quantization.shape_inference', 'quant').quant_pre_process
     src, dst = Path(src), Path(dst)
     pre = dst.with_suffix('.pre.onnx')
     with warnings.catch_warnings():
@@ -178,7 +155,7 @@ def quantize_onnx(src, dst, calib_feeds=None, dynamic: bool = False) -> Path:
         if dynamic: quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
         else:
             if not calib_feeds: raise VMLInputError("static quantization needs calibration data", field='calib')
-            reader = type('R', (_Reader, CalibrationDataReader), {})(calib_feeds)
+            reader = type('R', (_Reader, oq.CalibrationDataReader), {})(calib_feeds)
             quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=['Conv', 'MatMul', 'Gemm'])
     pre.unlink(missing_ok=True)
@@ -206,12 +183,12 @@ def quantize(gen: nn.Module, method: str, calib: tuple | None = None, workdir=No
     wd = Path(workdir or tempfile.mkdtemp(prefix='vml_quant_'))
     names = [f'in{i}' for i in range(len(calib))]
     f32 = wd/'fp32.onnx'
-    if not f32.exists(): export_onnx(net, tuple(t[:2] for t in calib), f32, names)
+    if not f32.exists(): export_onnx(net, tuple(t[:2] for t in calib), f32, names, ['out'])
     if method == 'ort-fp32': path = f32
     else:
         feeds = [{n: t[i:i+64].numpy() for n, t in zip(names, calib)} for i in range(0, len(calib[0]), 64)]
         path = quantize_onnx(f32, wd/f'{method}.onnx', feeds, dynamic=(method == 'ort-int8-dyn'))
-    return Variant(method, 'onnxruntime', _ort_fn(path, names, threads), {'onnx': str(path), 'mb': path.stat().st_size/1e6})
+    return Variant(method, 'onnxruntime', ort_fn(path, names, threads), {'onnx': str(path), 'mb': path.stat().st_size/1e6})
 
 # %% ../../nbs/50_quant.ptq.ipynb #20a08332
 @contextlib.contextmanager

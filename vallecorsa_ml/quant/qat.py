@@ -12,18 +12,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from ..core import VMLInputError, atomic_write, seed_everything
-from .ptq import rel_err, calib_inputs, g4_conditions, ort_session
+from ..core import VMLInputError, atomic_write, seed_everything, optional_import
+from .ptq import rel_err, calib_inputs, g4_conditions
+from ..onnx_io import ort_session, onnx_op_counts
 
 # %% auto #0
-__all__ = ['qat_generator', 'distill_loss', 'qat_finetune', 'export_qat_onnx', 'onnx_op_counts']
+__all__ = ['qat_generator', 'distill_loss', 'qat_finetune', 'export_qat_onnx']
 
 # %% ../../nbs/51_quant.qat.ipynb #4aa88c5e
 def _swap(mod: nn.Module, bits: int, act_bits: int) -> int:
-    import brevitas.nn as qnn
-    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat
+    qnn, bq = optional_import('brevitas.nn', 'quant'), optional_import('brevitas.quant', 'quant')
     n = 0
-    kw = dict(weight_quant=Int8WeightPerChannelFloat, input_quant=Int8ActPerTensorFloat, return_quant_tensor=False,
+    kw = dict(weight_quant=bq.Int8WeightPerChannelFloat, input_quant=bq.Int8ActPerTensorFloat, return_quant_tensor=False,
               weight_bit_width=bits, input_bit_width=act_bits)
     for name, ch in mod.named_children():
         if isinstance(ch, nn.Conv3d):
@@ -78,22 +78,19 @@ def qat_finetune(student: nn.Module, teacher: nn.Module, energies_MeV, steps: in
 # %% ../../nbs/51_quant.qat.ipynb #bdc7a28e
 def export_qat_onnx(student: nn.Module, path, batch: int = 2, opset: int = 17) -> Path:
     "Export the brevitas generator `forward(z, cond)` to QCDQ ONNX (inputs `z`, `cond`, output `out`, dynamic batch), atomically."
-    from brevitas.export import export_onnx_qcdq
+    export_onnx_qcdq = optional_import('brevitas.export', 'quant').export_onnx_qcdq
+    onnx = optional_import('onnx', 'quant')
     path = Path(path)
     student.eval()
     args = tuple(student.example_inputs(batch))
-    import onnx, tempfile
+    import tempfile
     with tempfile.TemporaryDirectory() as td, warnings.catch_warnings():
         warnings.simplefilter('ignore')
         raw = Path(td)/'m.onnx'       # the exporter may write weights beside the file: re-save them inside it
         export_onnx_qcdq(student, args=args, export_path=str(raw), input_names=['z', 'cond'], output_names=['out'],
                          opset_version=opset, dynamic_axes={'z': {0: 'batch'}, 'cond': {0: 'batch'}, 'out': {0: 'batch'}})
         m = onnx.load(str(raw))
-        with atomic_write(path, suffix='.onnx') as tmp: onnx.save_model(m, str(tmp), save_as_external_data=False)
+        with atomic_write(path, suffix='.onnx') as tmp:
+            onnx.save_model(m, str(tmp), save_as_external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
     return path
-
-def onnx_op_counts(path) -> dict:
-    "Operator type → count of an ONNX graph."
-    import onnx
-    from collections import Counter
-    return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node))
