@@ -52,7 +52,8 @@ def waterfill(caps: np.ndarray, budget: float) -> np.ndarray:
     caps = np.asarray(caps, dtype=float)
     if caps.size == 0 or caps.sum() <= budget: return caps.copy()
     if budget <= 0: return np.zeros_like(caps)
-    c = np.sort(caps); n = c.size
+    c = np.sort(caps)
+    n = c.size
     before = np.concatenate([[0.], np.cumsum(c)[:-1]])
     level = (budget - before) / (n - np.arange(n))   # level if the k smallest are fully served
     k = int(np.argmax(level <= c))
@@ -133,11 +134,14 @@ def _waterfill_nb(caps, n, budget, out):
         return
     c = caps[:n].copy()
     for i in range(1, n):                      # insertion sort: n <= max_active, and it compiles fast
-        v = c[i]; j = i - 1
+        v = c[i]
+        j = i - 1
         while j >= 0 and c[j] > v:
-            c[j + 1] = c[j]; j -= 1
+            c[j + 1] = c[j]
+            j -= 1
         c[j + 1] = v
-    before = 0.; level = 0.
+    before = 0.
+    level = 0.
     for k in range(n):
         level = (budget - before) / (n - k)
         if level <= c[k]: break
@@ -147,9 +151,11 @@ def _waterfill_nb(caps, n, budget, out):
 @numba.njit(cache=_NB_CACHE)
 def _ar1(e, phi):
     "AR(1) filter `y[i] = phi * y[i-1] + e[i]`."
-    y = np.empty_like(e); prev = 0.
+    y = np.empty_like(e)
+    prev = 0.
     for i in range(e.size):
-        prev = phi * prev + e[i]; y[i] = prev
+        prev = phi * prev + e[i]
+        y[i] = prev
     return y
 
 # %% ../../nbs/30_traffic.data.ipynb #b63bde3a
@@ -159,47 +165,83 @@ def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na
     Starts from the state `act`/`rem` (ids and remaining bits of the `na` running files), `head` (next file to
     start); records that state at the end of the steps listed (sorted) in `snap`. With `rec`, also each file's
     start and finish sub-step and, at the end of every step, the bits each active file has moved (markers)."""
-    n_sub = arrived.size; n_steps = n_sub // S
-    fts = np.zeros(n_sub); act_n = np.zeros(n_steps); act_size = np.zeros(n_steps); queued = np.zeros(n_steps)
-    rem_b = np.zeros(n_steps); q_b = np.zeros(n_steps)
-    n_rec = sizes.size if rec else 0; n_mk = n_steps * max_active if rec else 0
-    start_k = np.full(n_rec, -1, np.int64); fin_k = np.full(n_rec, -1, np.int64)
-    mk_id = np.empty(n_mk, np.int64); mk_q = np.empty(n_mk, np.int64); mk_b = np.empty(n_mk); nm = 0
-    caps = np.empty(max_active); x = np.empty(max_active)
-    s_act = np.zeros((snap.size, max_active), np.int64); s_rem = np.zeros((snap.size, max_active))
-    s_na = np.zeros(snap.size, np.int64); s_head = np.zeros(snap.size, np.int64); si = 0
-    done_bits = 0.; n_done = 0
+    n_sub = arrived.size
+    n_steps = n_sub // S
+    fts = np.zeros(n_sub)
+    act_n = np.zeros(n_steps)
+    act_size = np.zeros(n_steps)
+    queued = np.zeros(n_steps)
+    rem_b = np.zeros(n_steps)
+    q_b = np.zeros(n_steps)
+    n_rec = sizes.size if rec else 0
+    n_mk = n_steps * max_active if rec else 0
+    start_k = np.full(n_rec, -1, np.int64)
+    fin_k = np.full(n_rec, -1, np.int64)
+    mk_id = np.empty(n_mk, np.int64)
+    mk_q = np.empty(n_mk, np.int64)
+    mk_b = np.empty(n_mk)
+    nm = 0
+    caps = np.empty(max_active)
+    x = np.empty(max_active)
+    s_act = np.zeros((snap.size, max_active), np.int64)
+    s_rem = np.zeros((snap.size, max_active))
+    s_na = np.zeros(snap.size, np.int64)
+    s_head = np.zeros(snap.size, np.int64)
+    si = 0
+    done_bits = 0.
+    n_done = 0
     for k in range(n_sub):
         while na < max_active and head < arrived[k]:
             if rec: start_k[head] = k
-            act[na] = head; rem[na] = sizes[head]; na += 1; head += 1
+            act[na] = head
+            rem[na] = sizes[head]
+            na += 1
+            head += 1
         if na > 0:
             for i in range(na): caps[i] = min(limits[act[i]] * dt, rem[i])
             _waterfill_nb(caps, na, (C - bg_sub[k]) * dt, x)
-            s = 0.; j = 0
+            s = 0.
+            j = 0
             for i in range(na):
-                s += x[i]; r = rem[i] - x[i]
+                s += x[i]
+                r = rem[i] - x[i]
                 if r <= 0.:
-                    done_bits += sizes[act[i]]; n_done += 1
+                    done_bits += sizes[act[i]]
+                    n_done += 1
                     if rec: fin_k[act[i]] = k
                 else:
-                    act[j] = act[i]; rem[j] = r; j += 1
-            na = j; fts[k] = s
+                    act[j] = act[i]
+                    rem[j] = r
+                    j += 1
+            na = j
+            fts[k] = s
         if k % S == S - 1:
             q = k // S
-            act_n[q] = na; queued[q] = arrived[k] - head
+            act_n[q] = na
+            queued[q] = arrived[k] - head
             if na > 0:
-                m = 0.; rb = 0.
-                for i in range(na): m += sizes[act[i]]; rb += rem[i]
-                act_size[q] = m / na / 8.; rem_b[q] = rb / 8.
+                m = 0.
+                rb = 0.
+                for i in range(na):
+                    m += sizes[act[i]]
+                    rb += rem[i]
+                act_size[q] = m / na / 8.
+                rem_b[q] = rb / 8.
             qb = 0.
             for j in range(head, arrived[k]): qb += sizes[j]
             q_b[q] = qb / 8.
             if rec:
                 for i in range(na):
-                    mk_id[nm] = act[i]; mk_q[nm] = q; mk_b[nm] = (sizes[act[i]] - rem[i]) / 8.; nm += 1
+                    mk_id[nm] = act[i]
+                    mk_q[nm] = q
+                    mk_b[nm] = (sizes[act[i]] - rem[i]) / 8.
+                    nm += 1
             while si < snap.size and snap[si] == q:
-                s_act[si, :na] = act[:na]; s_rem[si, :na] = rem[:na]; s_na[si] = na; s_head[si] = head; si += 1
+                s_act[si, :na] = act[:na]
+                s_rem[si, :na] = rem[:na]
+                s_na[si] = na
+                s_head[si] = head
+                si += 1
     inflight = 0.
     for i in range(na): inflight += sizes[act[i]] - rem[i]
     return (fts, act_n, act_size, queued, rem_b, q_b, (done_bits, n_done, inflight, head), (s_act, s_rem, s_na, s_head),
@@ -208,7 +250,9 @@ def _fts_loop(arrived, sizes, limits, bg_sub, C, dt, S, max_active, act, rem, na
 # %% ../../nbs/30_traffic.data.ipynb #c8b74863
 def _draw_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start) -> dict:
     "All random inputs of one direction: arrival rate and counts, file sizes and rate limits, background."
-    S = cfg.substeps; dt = cfg.step_s / S; n_sub = n_steps * S
+    S = cfg.substeps
+    dt = cfg.step_s / S
+    n_sub = n_steps * S
     t = np.arange(n_sub) * dt
     days = n_sub * dt / 86400
     lam = d.rate * _cycles(t, t_start, d) * _campaigns(rng, t, days, d)
@@ -232,7 +276,9 @@ def _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg):
 
 # %% ../../nbs/30_traffic.data.ipynb #cbbdf4d1
 def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start, snap=None, rec=False):
-    S = cfg.substeps; dt = cfg.step_s / S; C = cfg.capacity
+    S = cfg.substeps
+    dt = cfg.step_s / S
+    C = cfg.capacity
     r = _draw_direction(rng, n_steps, cfg, d, t_start)
     bg = _bg(r['bg_det'], r['bg_ar'], C)
     snap = np.zeros(0, np.int64) if snap is None else np.asarray(snap, np.int64)
@@ -279,7 +325,10 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
     steps = np.asarray(steps, np.int64)
     if steps.size and (np.any(np.diff(steps) <= 0) or steps[0] < 0 or steps[-1] + horizon >= n_steps):
         raise VMLInputError(f"steps must be sorted, unique and leave {horizon} steps before the end ({n_steps})", field='steps')
-    S = cfg.substeps; dt = cfg.step_s / S; C = float(cfg.capacity); phi = cfg.bg_ar
+    S = cfg.substeps
+    dt = cfg.step_s / S
+    C = float(cfg.capacity)
+    phi = cfg.bg_ar
     e_sd = cfg.bg_sd * math.sqrt(1 - phi**2)
     prng = np.random.default_rng(path_seed)
     n_p = 1 if replay else n_paths
@@ -290,7 +339,8 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
         cj = [ALL_COLUMNS.index(f'{m}_{dname}') for m in METRICS + STATE_METRICS]
         for i, t in enumerate(steps):
             na, head = int(s_na[i]), int(s_head[i])
-            k0 = (t + 1) * S; A = int(r['arrived'][k0 - 1])          # files arrived by the end of step t
+            k0 = (t + 1) * S
+            A = int(r['arrived'][k0 - 1])  # files arrived by the end of step t
             q_ids = np.arange(head, min(A, head + max_queue))        # the head of the queue: all that can start soon
             ids = np.r_[s_act[i, :na], q_ids]
             cut_b = r['sizes'][head + q_ids.size:A].sum() / 8.              # bytes of the queue beyond the cut
@@ -299,16 +349,20 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
             for p in range(n_p):
                 if replay:
                     n_new = np.diff(r['arrived'][k0 - 1:k0 + horizon * S])
-                    new = np.arange(A, A + n_new.sum()); new_sz, new_lim = r['sizes'][new], r['limits'][new]
+                    new = np.arange(A, A + n_new.sum())
+                    new_sz, new_lim = r['sizes'][new], r['limits'][new]
                     ar = r['bg_ar'][fut]
                 else:
-                    n_new = prng.poisson(r['lam'][k0:k0 + horizon * S] * dt); m = int(n_new.sum())
+                    n_new = prng.poisson(r['lam'][k0:k0 + horizon * S] * dt)
+                    m = int(n_new.sum())
                     new_sz = _file_sizes(prng, m, cfg) * 8.
                     new_lim = np.minimum(prng.lognormal(math.log(cfg.limit_median), cfg.limit_sigma, m), cfg.limit_max)
                     ar = r['bg_ar'][t] * phi ** np.arange(1, horizon + 1) + _ar1(prng.normal(0, e_sd, horizon), phi)
                 bg = _bg(r['bg_det'][fut], ar, C)
-                act = np.zeros(cfg.max_active, np.int64); act[:na] = np.arange(na)
-                rem = np.zeros(cfg.max_active); rem[:na] = s_rem[i, :na]
+                act = np.zeros(cfg.max_active, np.int64)
+                act[:na] = np.arange(na)
+                rem = np.zeros(cfg.max_active)
+                rem[:na] = s_rem[i, :na]
                 fts, act_n, act_size, queued, rem_b, q_b, L, _, _ = _fts_loop(
                     na + q_ids.size + np.cumsum(n_new), np.r_[kn_sz, new_sz], np.r_[kn_lim, new_lim], np.repeat(bg, S), C,
                     float(dt), S, cfg.max_active, act, rem, na, na, no_snap, False)
@@ -393,7 +447,9 @@ def load_traffic(path: str | os.PathLike, capacity: float | None = None, time_co
             i = int(np.argmax(gaps))
             _fail(f"gap after {df.index[i]} (next sample {df.index[i+1]}); pass resample=True to fill short gaps", path, time_col)
         nan = df.isna().any()
-        if nan.any(): c = nan.index[nan.values][0]; _fail(f"NaN in row {int(np.argmax(df[c].isna().values))}; pass resample=True to interpolate", path, c)
+        if nan.any():
+            c = nan.index[nan.values][0]
+            _fail(f"NaN in row {int(np.argmax(df[c].isna().values))}; pass resample=True to interpolate", path, c)
     df = df[[c for c in ALL_COLUMNS + PROJ_COLUMNS if c in df]]
     if capacity is not None and capacity <= 0: _fail("capacity must be > 0 bits/s", path, 'capacity')
     df.attrs.update(capacity=capacity, step_s=step_s, source=str(path))
@@ -414,7 +470,8 @@ def _ts(t_start, ns): return pd.to_datetime(t_start.value + ns, utc=True)
 def simulate_transfers(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None, **kw):
     "`simulate_link` and what FTS logs of it: `(table, records, markers)` (columns `RECORD_COLUMNS`, `MARKER_COLUMNS`)."
     df, raw, cfg, t_start = _simulate(days, seed, cfg, kw, rec=True)
-    dt_ns = cfg.step_s / cfg.substeps * 1e9; n_sub = len(df) * cfg.substeps
+    dt_ns = cfg.step_s / cfg.substeps * 1e9
+    n_sub = len(df) * cfg.substeps
     recs, mks, off = [], [], 0
     for (dname, (arrived, sizes, start_k, fin_k, mk_id, mk_q, mk_b)), (src, dst) in zip(raw.items(), (SITES, SITES[::-1])):
         n = sizes.size
@@ -438,8 +495,11 @@ def simulate_transfers(days: float = 30, seed: int = 0, cfg: LinkConfig | None =
 def _moved_at(ptr, kt, kb, qf, qt, out):
     "Bytes moved by file `qf[i]` at time `qt[i]`: linear interpolation through its knots `kt/kb[ptr[f]:ptr[f+1]]` (sorted)."
     for i in range(qf.size):
-        a, b = ptr[qf[i]], ptr[qf[i] + 1]; t = qt[i]
-        if b == a: out[i] = 0.; continue
+        a, b = ptr[qf[i]], ptr[qf[i] + 1]
+        t = qt[i]
+        if b == a:
+            out[i] = 0.
+            continue
         lo, hi = a, b                       # first knot with time > t
         while lo < hi:
             mid = (lo + hi) // 2
@@ -465,7 +525,8 @@ def _ns(s: pd.Series) -> np.ndarray:
 def _direction_series(r, markers, g0, step, n):
     "Per-step columns of one direction's records `r` on the grid `g0 + j*step`, j = 0..n."
     sub, sta, fin = _ns(r['submit_time']), _ns(r['start_time']), _ns(r['finish_time'])
-    size = r['size_bytes'].to_numpy(float); NEV = np.iinfo(np.int64).max
+    size = r['size_bytes'].to_numpy(float)
+    NEV = np.iinfo(np.int64).max
     G = g0 + np.arange(n + 1, dtype=np.int64) * step                       # sample times (ends of steps -1 .. n-1)
     # queue: submitted before G and not started before G (counts and bytes by cumulative sums)
     cum = lambda t: (np.searchsorted(np.sort(t), G, 'left'), np.r_[0., np.cumsum(size[np.argsort(t, kind='stable')])])
@@ -480,16 +541,24 @@ def _direction_series(r, markers, g0, step, n):
     pj = np.repeat(lo, cnt) + (np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt))
     # bytes moved at each pair: markers (and 0 at the start, the size at the finish) interpolated linearly
     idx = pd.Index(r['file_id'].to_numpy())
-    kf = [np.flatnonzero(ok), np.flatnonzero(fin != NEV)]; kt = [sta[ok], fin[fin != NEV]]; kb = [np.zeros(ok.sum()), size[fin != NEV]]
+    kf = [np.flatnonzero(ok), np.flatnonzero(fin != NEV)]
+    kt = [sta[ok], fin[fin != NEV]]
+    kb = [np.zeros(ok.sum()), size[fin != NEV]]
     if markers is not None and len(markers):
         m = markers[markers['file_id'].isin(idx)]
-        kf.append(idx.get_indexer(m['file_id'])); kt.append(_ns(m['time'])); kb.append(m['bytes_moved'].to_numpy(float))
+        kf.append(idx.get_indexer(m['file_id']))
+        kt.append(_ns(m['time']))
+        kb.append(m['bytes_moved'].to_numpy(float))
     kf, kt, kb = np.concatenate(kf), np.concatenate(kt), np.concatenate(kb)
-    o = np.lexsort((kt, kf)); kf, kt, kb = kf[o], kt[o], kb[o]
+    o = np.lexsort((kt, kf))
+    kf, kt, kb = kf[o], kt[o], kb[o]
     ptr = np.searchsorted(kf, np.arange(len(r) + 1))
-    moved = np.empty(pf.size); _moved_at(ptr, kt, kb, pf, G[pj], moved)
+    moved = np.empty(pf.size)
+    _moved_at(ptr, kt, kb, pf, G[pj], moved)
     # each active transfer's rate over the last step (or since its start), and what is still running h steps on
-    tprev = np.maximum(G[pj] - step, sta[pf]); mprev = np.empty(pf.size); _moved_at(ptr, kt, kb, pf, tprev, mprev)
+    tprev = np.maximum(G[pj] - step, sta[pf])
+    mprev = np.empty(pf.size)
+    _moved_at(ptr, kt, kb, pf, tprev, mprev)
     rate = (moved - mprev) / ((G[pj] - tprev) / 1e9)                         # bytes/s
     proj = {f'proj_throughput_{h}': np.bincount(pj, 8 * rate * (size[pf] - moved > rate * h * step / 1e9), minlength=n + 1)[1:]
             for h in range(1, PROJ_STEPS + 1)}
@@ -517,7 +586,9 @@ def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame
     dropped = dict(records.attrs.get('dropped', {}))
     if 'final_state' in records:                      # failed/canceled transfers: their partial bytes are unknown
         bad = records['final_state'].astype(str).isin(['FAILED', 'CANCELED']).to_numpy()
-        if bad.any(): dropped['failed_or_canceled'] = int(bad.sum()); records = records[~bad]
+        if bad.any():
+            dropped['failed_or_canceled'] = int(bad.sum())
+            records = records[~bad]
     if not len(records): raise VMLInputError("no transfer records", field='file_id')
     ts = [records[c].dropna() for c in ('submit_time', 'start_time', 'finish_time')]
     t0 = _utc(start) if start is not None else min(t.min() for t in ts if len(t)).floor(step)
@@ -525,9 +596,11 @@ def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame
     n = int((t1 - t0).value // step_ns)
     if n < 1: raise VMLInputError(f"no whole step between {t0} and {t1}", field='end')
     ends = (records['source'].astype(str), records['destination'].astype(str))
-    keep = np.zeros(len(records), bool); cols = {}
+    keep = np.zeros(len(records), bool)
+    cols = {}
     for d, (a, b) in zip(DIRECTIONS, (sites, tuple(sites)[::-1])):
-        sel = ((ends[0] == a) & (ends[1] == b)).to_numpy(); keep |= sel
+        sel = ((ends[0] == a) & (ends[1] == b)).to_numpy()
+        keep |= sel
         for m, v in _direction_series(records[sel], markers, t0.value, step_ns, n).items(): cols[f'{m}_{d}'] = v
     idx = pd.date_range(t0, periods=n, freq=pd.Timedelta(step_ns, 'ns'), name=TIME_COL)
     df = pd.DataFrame({c: cols[c] for c in ALL_COLUMNS + (PROJ_COLUMNS if projections else ())}, index=idx)
@@ -545,19 +618,25 @@ def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame
 # %% ../../nbs/30_traffic.data.ipynb #b3c694e6
 def _times(raw, col, path, required=True):
     "UTC times of column `col` (strings without a zone are UTC); empty cells allowed unless `required`."
-    v = raw[col]; empty = v.isna() | (v.astype(str).str.strip() == '')
+    v = raw[col]
+    empty = v.isna() | (v.astype(str).str.strip() == '')
     t = pd.to_datetime(v.where(~empty), utc=True, errors='coerce', format='mixed')
     bad = t.isna() & (~empty | required)
-    if bad.any(): i = int(np.argmax(bad.to_numpy())); _fail(f"unparsable time {v.iloc[i]!r} in row {i}", path, col)
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        _fail(f"unparsable time {v.iloc[i]!r} in row {i}", path, col)
     return t
 
 def _row_err(mask, path, col, what):
-    if mask.any(): i = int(np.argmax(np.asarray(mask))); _fail(f"{what} in row {i}", path, col)
+    if mask.any():
+        i = int(np.argmax(np.asarray(mask)))
+        _fail(f"{what} in row {i}", path, col)
 
 # %% ../../nbs/30_traffic.data.ipynb #4555df2c
 def load_records(path: str | os.PathLike, markers: str | os.PathLike | None = None, sort: bool = False):
     "Read FTS transfer records (and optionally their markers) from CSV/Parquet: `(records, markers or None)`, strict."
-    path = Path(path); raw = _read_table(path)
+    path = Path(path)
+    raw = _read_table(path)
     miss = [c for c in RECORD_COLUMNS if c not in raw and c != 'job_id']
     if miss: _fail(f"missing column(s) {', '.join(miss)} (need {', '.join(RECORD_COLUMNS)})", path, miss[0])
     if not len(raw): _fail("no records", path)
@@ -575,21 +654,28 @@ def load_records(path: str | os.PathLike, markers: str | os.PathLike | None = No
     _row_err((st == 'ACTIVE') & sta.isna(), path, 'start_time', "ACTIVE without start time")
     _row_err(raw['file_id'].duplicated(), path, 'file_id', "duplicate file_id")
     if not sub.is_monotonic_increasing:
-        if not sort: i = int(np.argmax(np.diff(_ns(sub)) < 0)) + 1; _fail(f"submit times not sorted (row {i}: {sub.iloc[i]} after {sub.iloc[i-1]}); pass sort=True to sort", path, 'submit_time')
+        if not sort:
+            i = int(np.argmax(np.diff(_ns(sub)) < 0)) + 1
+            _fail(f"submit times not sorted (row {i}: {sub.iloc[i]} after {sub.iloc[i-1]}); pass sort=True to sort", path, 'submit_time')
     rec = pd.DataFrame({'file_id': raw['file_id'], 'job_id': raw['job_id'] if 'job_id' in raw else -1,
                         'source': raw['source'].astype(str), 'destination': raw['destination'].astype(str),
                         'size_bytes': size.astype(float), 'submit_time': sub, 'start_time': sta, 'finish_time': fin, 'final_state': st})
     if sort: rec = rec.sort_values('submit_time', kind='stable', ignore_index=True)
     rec.attrs.update(source=str(path), dropped={})
     if markers is None: return rec, None
-    mp = Path(markers); m = _read_table(mp)
+    mp = Path(markers)
+    m = _read_table(mp)
     miss = [c for c in MARKER_COLUMNS if c not in m]
     if miss: _fail(f"missing column(s) {', '.join(miss)} (need {', '.join(MARKER_COLUMNS)})", mp, miss[0])
-    mt = _times(m, 'time', mp); b = pd.to_numeric(m['bytes_moved'], errors='coerce')
-    _row_err(b.isna(), mp, 'bytes_moved', "missing or non-numeric bytes"); _row_err(b < 0, mp, 'bytes_moved', "negative bytes")
+    mt = _times(m, 'time', mp)
+    b = pd.to_numeric(m['bytes_moved'], errors='coerce')
+    _row_err(b.isna(), mp, 'bytes_moved', "missing or non-numeric bytes")
+    _row_err(b < 0, mp, 'bytes_moved', "negative bytes")
     mk = pd.DataFrame({'file_id': m['file_id'], 'time': mt, 'bytes_moved': b.astype(float)})
     known = mk['file_id'].isin(rec['file_id'])
-    if not known.all(): rec.attrs['dropped']['markers_of_unknown_files'] = int((~known).sum()); mk = mk[known]
+    if not known.all():
+        rec.attrs['dropped']['markers_of_unknown_files'] = int((~known).sum())
+        mk = mk[known]
     mk = mk.sort_values(['file_id', 'time'], kind='stable', ignore_index=True) if sort else mk.reset_index(drop=True)
     same = (mk['file_id'].to_numpy()[1:] == mk['file_id'].to_numpy()[:-1])
     _row_err(same & (np.diff(_ns(mk['time'])) <= 0), mp, 'time', "marker times not increasing for a file (pass sort=True to sort)")
@@ -616,7 +702,8 @@ def chrono_split(n: int, fracs: Sequence[float] = (0.7, 0.15, 0.15)) -> list[tup
     "Cut `n` time steps into consecutive `(start, stop)` blocks with the given fractions (train, valid, test)."
     f = np.asarray(fracs, float)
     if (f <= 0).any() or abs(f.sum() - 1) > 1e-9: raise VMLInputError(f"split fractions must be > 0 and sum to 1, got {fracs}", field='fracs')
-    cuts = np.r_[0, np.round(np.cumsum(f) * n).astype(int)]; cuts[-1] = n
+    cuts = np.r_[0, np.round(np.cumsum(f) * n).astype(int)]
+    cuts[-1] = n
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
 LOG_METRICS = ('active_file_size', 'active_transfers', 'queued', 'remaining_bytes', 'queued_bytes')
@@ -637,8 +724,10 @@ class Scaler:
         return cls(cols, logc, a.mean(0), np.where(a.std(0) > 0, a.std(0), 1.))
     @staticmethod
     def _pre(a, islog):
-        a = a.copy(); m = np.asarray(islog, bool)
-        a[:, m] = np.log1p(a[:, m]); return a
+        a = a.copy()
+        m = np.asarray(islog, bool)
+        a[:, m] = np.log1p(a[:, m])
+        return a
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         "Scaled float32 array of `self.cols`."
         return ((self._pre(df[self.cols].to_numpy(float), [c in self.log_cols for c in self.cols]) - self.mean) / self.std).astype(np.float32)
@@ -647,7 +736,8 @@ class Scaler:
         i = [self.cols.index(c) for c in cols]
         v = np.asarray(a, float) * self.std[i] + self.mean[i]
         m = np.array([c in self.log_cols for c in cols])
-        v[..., m] = np.expm1(v[..., m]); return v
+        v[..., m] = np.expm1(v[..., m])
+        return v
 
 # %% ../../nbs/30_traffic.data.ipynb #fc18483d
 def calendar_features(index: pd.DatetimeIndex) -> np.ndarray:

@@ -65,7 +65,9 @@ def prepare(df: pd.DataFrame, delta: int = 10, horizon: int = 5, targets: Sequen
     sc = Scaler.fit(df.iloc[bounds[0][0]:bounds[0][1]], cols)
     Z = sc.transform(df)
     feats = list(cols)
-    if calendar: Z = np.concatenate([Z, calendar_features(df.index)], 1); feats += ['hour_sin', 'hour_cos', 'weekend']
+    if calendar:
+        Z = np.concatenate([Z, calendar_features(df.index)], 1)
+        feats += ['hour_sin', 'hour_cos', 'weekend']
     ti = [feats.index(c) for c in targets]
     X, Y, last = {}, {}, {}
     for name, (a, b) in zip(SPLITS, bounds):
@@ -131,7 +133,8 @@ class ConvLSTM(nn.Module):
         self.head = _Head(hidden * n_in, horizon, n_out, target_idx)
     def forward(self, x):
         B, T, F = x.shape
-        h = x.new_zeros(B, self.cell.c_hid, F); c = torch.zeros_like(h)
+        h = x.new_zeros(B, self.cell.c_hid, F)
+        c = torch.zeros_like(h)
         for t in range(T): h, c = self.cell(x[:, t].unsqueeze(1), (h, c))
         return self.head(h.flatten(1), x)
 
@@ -234,7 +237,8 @@ def sine_table(n: int = 3000, period: int = 40, noise: float = 0.05, seed: int =
     df = pd.DataFrame({'traffic_out': base * (1 + noise * rng.normal(size=n)),
                        'traffic_in': np.roll(base, 7) * (1 + noise * rng.normal(size=n))},
                       index=pd.date_range('2024-01-01', periods=n, freq='120s', tz='UTC', name=TIME_COL))
-    df.attrs.update(capacity=10e9, step_s=STEP_S); return df
+    df.attrs.update(capacity=10e9, step_s=STEP_S)
+    return df
 
 # %% ../../nbs/31_traffic.models.ipynb #cccfa448
 QUANTILES = (0.05, 0.1, 0.5, 0.9, 0.95)
@@ -311,8 +315,10 @@ def best_threshold(score: np.ndarray, true: np.ndarray, grid: np.ndarray | None 
 # %% ../../nbs/31_traffic.models.ipynb #548b7f3f
 def onset_leads(alarm: np.ndarray, last: np.ndarray, util: np.ndarray, k: int, thr: float = 0.9, step_s: float = STEP_S) -> np.ndarray:
     "Lead time (minutes, 0 = missed) of every onset of `util >= thr` whose `k` preceding windows are all in `last`."
-    alarm_at = np.zeros(len(util), bool); alarm_at[last[alarm]] = True
-    covered = np.zeros(len(util), bool); covered[last] = True
+    alarm_at = np.zeros(len(util), bool)
+    alarm_at[last[alarm]] = True
+    covered = np.zeros(len(util), bool)
+    covered[last] = True
     sat = util >= thr
     leads = []
     for s in np.flatnonzero(sat[1:] & ~sat[:-1]) + 1:
@@ -347,13 +353,15 @@ def train_alarm(df: pd.DataFrame, arch: str = 'cnn_lstm', delta: int = 10, k: in
     cut_now = best_threshold(now['valid'], lab['valid'], grid=np.linspace(0.5, 1.0, 51))
     res = {}
     for name, alarm in (('model', p['test'] >= cut), ('util_now', now['test'] >= cut_now)):
-        both = pr_f1(alarm, lab['test']); anyd = pr_f1(alarm.any(1), lab['test'].any(1))
+        both = pr_f1(alarm, lab['test'])
+        anyd = pr_f1(alarm.any(1), lab['test'].any(1))
         lt = [lead_times(alarm[:, j], wd.last['test'], u[:, j], k, thr, df.attrs.get('step_s', STEP_S)) for j in range(2)]
         on = sum(l['onsets'] for l in lt)
         res[name] = {'f1': anyd['f1'], 'precision': anyd['precision'], 'recall': anyd['recall'], 'f1_per_direction': both['f1'],
                      'onsets': on, 'warned': sum(l['warned'] * l['onsets'] for l in lt if l['onsets']) / on if on else float('nan'),
                      'lead_median_min': float(np.median([l['lead_median_min'] for l in lt if l['onsets']])) if on else 0.}
-    res['model']['threshold'] = cut; res['util_now']['threshold'] = cut_now
+    res['model']['threshold'] = cut
+    res['util_now']['threshold'] = cut_now
     res['positives'] = float(lab['test'].any(1).mean())
     return {'scores': res, 'model': m, 'wd': wd, 'prob': p['test'], 'alarm': p['test'] >= cut, 'labels': lab['test']}
 
@@ -368,8 +376,10 @@ def train_alarms(df: pd.DataFrame, ks: Sequence[int] = (5, 10, 15), far: float =
                  thr: float = 0.9, epochs: int = 5, bs: int = 256, lr: float = 1e-2, seed: int = 0, state: bool = True,
                  capacity: float | None = None) -> dict:
     "Link saturation alarms `k` steps ahead for each `k` in `ks`, thresholds at false-alarm rate `far` (validation), scored on test."
-    u = utilisation(df, capacity).to_numpy(); ul = u.max(1)
-    step_s = df.attrs.get('step_s', STEP_S); out = {}
+    u = utilisation(df, capacity).to_numpy()
+    ul = u.max(1)
+    step_s = df.attrs.get('step_s', STEP_S)
+    out = {}
     for k in ks:
         wd = prepare(df, delta=delta, horizon=k, state=state)
         lab = {s: alarm_labels(df, wd.last[s], k, thr, capacity) for s in SPLITS}
@@ -423,7 +433,8 @@ def run_traffic(csv: str, capacity: float = 10e9, model: str = 'cnn_lstm', delta
         rec, mk = load_records(records, markers or None)
         link = load_traffic(csv, capacity=capacity, resample=resample) if csv else None
         span = {} if link is None else dict(start=link.index[0], end=link.index[-1] + (link.index[-1] - link.index[-2]), traffic=link)
-        df = link_series(rec, markers=mk, **span); dropped = df.attrs['dropped']
+        df = link_series(rec, markers=mk, **span)
+        dropped = df.attrs['dropped']
         df.attrs['capacity'] = capacity
     else: df = load_traffic(csv, capacity=capacity, resample=resample)
     wd = prepare(df, delta=delta, horizon=horizon)
@@ -433,7 +444,8 @@ def run_traffic(csv: str, capacity: float = 10e9, model: str = 'cnn_lstm', delta
     rg = fit_ridge(wd)
     sc = {model: scores(predict(m, wd.X['test']), Yt), 'persistence': scores(persistence(wd), Yt),
           'ridge': scores(predict_ridge(rg, wd), Yt)}
-    o = Path(out); o.mkdir(parents=True, exist_ok=True)
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
     fc = forecast_next(m, wd, capacity)
     with atomic_write(o/'forecast.csv') as p: fc.reset_index().to_csv(p, index=False)
     with atomic_write(o/'model.pt') as p: torch.save(m.state_dict(), p)
