@@ -13,14 +13,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 from fastcore.script import call_parse
-from ..core import (VMLInputError, atomic_write, cli_errors, md_table, provenance, set_threads, check_profile,
-                                pick, run_folder, save_metrics)
+from ..core import (VMLInputError, atomic_write, bench, cli_errors, md_table, provenance, set_threads, check_profile,
+                                pick, run_folder, save_metrics, optional_import)
+from ..onnx_io import export_onnx, ort_session
 from .data import ShowerData, SAMPLING_FRACTION, g4_cpu_seconds
 from .diffusion import CaloDiT, DiTGenerator, DETECTORS
 
 # %% auto #0
-__all__ = ['PAR04_MESH', 'PAR04_THRESHOLD_MEV', 'PAR04_SLOTS', 'slots_table', 'Par04Generator', 'par04_set_seed', 'export_par04',
-           'par04_metadata', 'par04_input', 'par04_session', 'emulate_par04', 'par04_positions', 'par04_cell_index',
+__all__ = ['PAR04_MESH', 'PAR04_THRESHOLD_MEV', 'PAR04_SLOTS', 'slots_table', 'Par04Generator', 'export_par04', 'par04_metadata',
+           'par04_set_seed', 'par04_input', 'par04_session', 'emulate_par04', 'par04_positions', 'par04_cell_index',
            'par04_readout', 'par04_showers', 'par04_macro', 'quantize_par04', 'bench_par04', 'op_profile', 'vml_export',
            'vml_bench_par04']
 
@@ -85,7 +86,7 @@ class Par04Generator(nn.Module):
         y = self.generate(x, noise, layer_noise)
         return (y, noise, layer_noise) if self.noise_outputs else y
 
-# %% ../../nbs/19_calo.par04.ipynb #3a4005ff
+# %% ../../nbs/19_calo.par04.ipynb #9d4ec0d8
 def _onnx_meta(model_pg: Par04Generator, seed, source: str) -> dict:
     return dict(producer='vallecorsa_ml.calo.par04', contract='Geant4 Par04 CaloDiT-2 (11.4): input (1, 8) '
                 '[E GeV, phi, theta, geometry one-hot x5]; first output (1, 6480) GeV, (r, phi, z), z fastest',
@@ -93,26 +94,10 @@ def _onnx_meta(model_pg: Par04Generator, seed, source: str) -> dict:
                 layer_steps=str(model_pg.layer_steps), seed='' if seed is None else str(seed), source=source,
                 slots=json.dumps(PAR04_SLOTS), mesh=json.dumps(PAR04_MESH))
 
-def par04_set_seed(path, seed: int | None, out=None) -> Path:
-    "Set (or, with None, remove) the seed attributes of the random nodes of an exported Par04 ONNX file; writes `out` (default: in place)."
-    import onnx
-    m = onnx.load(str(path))
-    rnd = [n for n in m.graph.node if n.op_type in ('RandomNormal', 'RandomNormalLike', 'RandomUniform', 'RandomUniformLike')]
-    if not rnd: raise VMLInputError("no random nodes: not a Par04 export of ours", file=path)
-    for k, n in enumerate(rnd):
-        keep = [a for a in n.attribute if a.name != 'seed']
-        del n.attribute[:]; n.attribute.extend(keep)
-        if seed is not None: n.attribute.append(onnx.helper.make_attribute('seed', float(int(seed)*len(rnd) + k)))
-    meta = {p.key: p for p in m.metadata_props}
-    if 'seed' in meta: meta['seed'].value = '' if seed is None else str(int(seed))
-    out = Path(out or path)
-    with atomic_write(out, suffix='.onnx') as tmp: onnx.save(m, str(tmp))
-    return out
-
 def export_par04(model, path, fmt: str = 'onnx', steps: int = 16, layer_steps: int = 20, seed: int | None = None,
                  energy: str = 'deposited', optimize: bool = True, opset: int = 17, source: str = '') -> Path:
     "Export a two-stage DiT as Par04's CaloDiT-2 model: `fmt` 'onnx' (input `conditions` (1, 8); outputs showers, noise, layer_noise) or 'torchscript' (`forward(tensor[8])` → (1, 6480)). Atomic write."
-    import onnx
+    onnx = optional_import('onnx', 'calo')
     if fmt not in ('onnx', 'torchscript'): raise VMLInputError(f"unknown format {fmt!r}; choose 'onnx' or 'torchscript'", field='format')
     path = Path(path)
     if path.is_dir(): raise VMLInputError("is a directory; give a file name", file=path)
@@ -126,10 +111,9 @@ def export_par04(model, path, fmt: str = 'onnx', steps: int = 16, layer_steps: i
             with atomic_write(path, suffix='.pt') as tmp: torch.jit.save(ts, str(tmp), _extra_files={'vml_par04.json': json.dumps(meta)})
             return path
         with atomic_write(path, suffix='.onnx') as tmp:
-            torch.onnx.export(pg, (x,), str(tmp), input_names=['conditions'], output_names=['showers', 'noise', 'layer_noise'],
-                              opset_version=opset, dynamo=False)
-            if optimize:
-                import onnxruntime as ort
+            export_onnx(pg, (x,), tmp, ['conditions'], ['showers', 'noise', 'layer_noise'], dynamic_batch=False, opset=opset, check=False)
+            if optimize:     # written by ONNX Runtime's basic-level rewrite (`ort_session` cannot save the optimised graph)
+                ort = optional_import('onnxruntime', 'calo')
                 so = ort.SessionOptions(); so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
                 so.optimized_model_filepath = str(tmp) + '.opt'; so.log_severity_level = 3
                 ort.InferenceSession(str(tmp), so, providers=['CPUExecutionProvider'])
@@ -146,6 +130,7 @@ def export_par04(model, path, fmt: str = 'onnx', steps: int = 16, layer_steps: i
     if seed is not None: par04_set_seed(path, seed)
     return path
 
+# %% ../../nbs/19_calo.par04.ipynb #6b41fb52
 def par04_metadata(path) -> dict:
     "The metadata an export wrote (ONNX metadata properties or the TorchScript extra file)."
     path = Path(path)
@@ -154,10 +139,26 @@ def par04_metadata(path) -> dict:
         extra = {'vml_par04.json': ''}
         torch.jit.load(str(path), _extra_files=extra)
         return json.loads(extra['vml_par04.json'] or '{}')
-    import onnx
+    onnx = optional_import('onnx', 'calo')
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
-# %% ../../nbs/19_calo.par04.ipynb #3e29909c
+def par04_set_seed(path, seed: int | None, out=None) -> Path:
+    "Set (or, with None, remove) the seed attributes of the random nodes of an exported Par04 ONNX file; writes `out` (default: in place)."
+    onnx = optional_import('onnx', 'calo')
+    m = onnx.load(str(path))
+    rnd = [n for n in m.graph.node if n.op_type in ('RandomNormal', 'RandomNormalLike', 'RandomUniform', 'RandomUniformLike')]
+    if not rnd: raise VMLInputError("no random nodes: not a Par04 export of ours", file=path)
+    for k, n in enumerate(rnd):
+        keep = [a for a in n.attribute if a.name != 'seed']
+        del n.attribute[:]; n.attribute.extend(keep)
+        if seed is not None: n.attribute.append(onnx.helper.make_attribute('seed', float(int(seed)*len(rnd) + k)))
+    meta = {p.key: p for p in m.metadata_props}
+    if 'seed' in meta: meta['seed'].value = '' if seed is None else str(int(seed))
+    out = Path(out or path)
+    with atomic_write(out, suffix='.onnx') as tmp: onnx.save(m, str(tmp))
+    return out
+
+# %% ../../nbs/19_calo.par04.ipynb #6b1bb61b
 def par04_input(energies_MeV, theta, phi, slot: int = 0) -> np.ndarray:
     "Par04's `genVector` for CaloDiT-2, one row per particle: `[E/1000, φ, θ, one-hot(slot) of 5]` float32 (N, 8); E in MeV (Geant4's unit)."
     E = np.atleast_1d(np.asarray(energies_MeV, dtype=np.float64))
@@ -170,15 +171,7 @@ def par04_input(energies_MeV, theta, phi, slot: int = 0) -> np.ndarray:
 
 def par04_session(path, threads: int = 1, optimize: bool = False, profile: str | None = None):
     "An ONNX Runtime session opened as `Par04OnnxInference` does: `threads` intra-op threads, all graph optimisations off unless `optimize` (Par04's `setOptimizationFlag 1`: ORT_ENABLE_ALL)."
-    import onnxruntime as ort
-    if not Path(path).exists(): raise FileNotFoundError(path)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads); so.inter_op_num_threads = 1; so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if profile: so.enable_profiling = True; so.profile_file_prefix = str(profile)
-    s = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
-    if len(s.get_inputs()) != 1: raise VMLInputError(f"Par04 feeds exactly one input; this model has {len(s.get_inputs())}", file=path)
-    return s
+    return ort_session(path, threads=int(threads), optimize=bool(optimize), profile=profile, n_inputs=1)     # Par04 feeds one input
 
 def emulate_par04(session, x: np.ndarray, return_noise: bool = False):
     "Par04's inference for each row of `x` (N, 8), one call per particle: → cell energies (N, 6480) in MeV, cells ≤ 0.0005 MeV set to 0 (not deposited); [, noise, layer noise]."
@@ -193,6 +186,7 @@ def emulate_par04(session, x: np.ndarray, return_noise: bool = False):
     E = np.where(E > PAR04_THRESHOLD_MEV, E, 0.0)          # NaN > thr is False: nothing deposited
     return (E, np.concatenate(Z), np.concatenate(L)) if return_noise else E
 
+# %% ../../nbs/19_calo.par04.ipynb #81e6465d
 def _rot_inv(direction) -> np.ndarray:
     "CLHEP `inverseOf(rotateZ(−φ) then rotateY(−θ))` for a direction: Rz(φ)·Ry(θ)."
     d = np.asarray(direction, dtype=np.float64); d = d/np.linalg.norm(d)
@@ -209,6 +203,7 @@ def par04_positions(pos0=(0., 0., 0.), direction=(0., 0., 1.), mesh: dict = PAR0
     loc = np.stack([(ir + 0.5)*dr*np.cos(a), (ir + 0.5)*dr*np.sin(a), (iz + 0.5)*dz], -1).reshape(-1, 3)
     return np.asarray(pos0, dtype=np.float64) + loc @ _rot_inv(direction).T
 
+# %% ../../nbs/19_calo.par04.ipynb #aaea0e27
 def par04_cell_index(positions: np.ndarray, pos0=(0., 0., 0.), direction=(0., 0., 1.), mesh: dict = PAR04_MESH) -> np.ndarray:
     "Flat cell index in our files' layout `(iz·Nφ + iφ)·Nr + ir` of each position (H, 3) mm, binned as `Par04SensitiveDetector` does; −1 outside the mesh."
     nr, nphi, nz, dr, dz = (mesh[k] for k in ('n_r', 'n_phi', 'n_z', 'dr_mm', 'dz_mm'))
@@ -253,7 +248,7 @@ def par04_macro(model_path: str = 'MLModels/cd.onnx', library: str = 'ONNX', opt
     "The `/Par04/inference/...` block of a Par04 macro for an exported CaloDiT-2 file (ONNX or TORCH)."
     if library not in ('ONNX', 'TORCH'): raise VMLInputError("library must be 'ONNX' or 'TORCH'", field='library')
     m = PAR04_MESH
-    lines = [f'# Inference setup: vallecorsa_ml dit-ds2 exported by `vml-export --format par04-{library.lower().replace("torch", "torchscript")}`',
+    lines = [f'# Inference setup: vallecorsa_ml dit-ds2 exported by `vml-calo-export --format par04-{library.lower().replace("torch", "torchscript")}`',
              f'/Par04/inference/setModelPathName {model_path}',
              '/Par04/inference/setModelType CaloDiT-2']
     if library == 'ONNX':
@@ -266,51 +261,46 @@ def par04_macro(model_path: str = 'MLModels/cd.onnx', library: str = 'ONNX', opt
               '/param/ActivateModel defineMesh', '/param/ActivateModel inferenceModel']
     return '\n'.join(lines) + '\n'
 
-# %% ../../nbs/19_calo.par04.ipynb #fe1b7844
+# %% ../../nbs/19_calo.par04.ipynb #9d42d566
 def quantize_par04(path, out) -> Path:
     "ONNX Runtime dynamic INT8 quantisation (weights of MatMul/Gemm, activations quantised per call) of an exported Par04 file."
-    from onnxruntime.quantization import quantize_dynamic, QuantType
+    quantization = optional_import('onnxruntime.quantization', 'calo')
     out = Path(out)
     with atomic_write(out, suffix='.onnx') as tmp, warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=['MatMul', 'Gemm'])
+        quantization.quantize_dynamic(str(path), str(tmp), weight_type=quantization.QuantType.QInt8, op_types_to_quantize=['MatMul', 'Gemm'])
     return out
 
-def _ms(fn, n: int) -> float:
-    fn()                                           # warm-up
-    t = time.perf_counter()
-    for _ in range(n): fn()
-    return (time.perf_counter() - t)/n*1e3
-
+# %% ../../nbs/19_calo.par04.ipynb #faf29f77
 def bench_par04(model, path, n: int = 20, energy_gev: float = 50., torch_batch: int = 100, int8: bool = True) -> list[dict]:
     "ms per shower of the Par04 graph (ONNX Runtime, batch 1, 1 and 2 threads, Par04's default session and optimised), the PyTorch sampler (batch 1 and `torch_batch`), INT8, and Geant4's CPU cost, measured in one run."
     if n < 1: raise VMLInputError("n must be >= 1", field='n')
     x = par04_input([energy_gev*1e3], math.pi/2, 0.0)
     rows, g4 = [], g4_cpu_seconds(energy_gev*1e3)*1e3
     def add(route, ms, **kw): rows.append(dict(route=route, ms_per_shower=round(ms, 2), x_faster_than_geant4=round(g4/ms, 2), **kw))
+    def ms(fn, calls): return 1e3*bench(fn, repeats=calls).median          # median of `calls` timed calls after a warm-up call
     for th in (1, 2):
         for opt in (False, True):
             s = par04_session(path, threads=th, optimize=opt)
-            add(f"ONNX Runtime, Par04 session{' + setOptimizationFlag 1' if opt else ''}", _ms(lambda: s.run(None, {'conditions': x}), n), batch=1, threads=th)
+            add(f"ONNX Runtime, Par04 session{' + setOptimizationFlag 1' if opt else ''}", ms(lambda: s.run(None, {'conditions': x}), n), batch=1, threads=th)
     G = model.model if isinstance(model, DiTGenerator) else model
-    prev = torch.get_num_threads()
-    try:
-        for th in (1, 2):
-            torch.set_num_threads(th)
-            add('PyTorch sampler', _ms(lambda: G.sample([energy_gev*1e3], [math.pi/2], [0.], detector='g4_photons', steps=16, seed=0, return_torch=True), n), batch=1, threads=th)
+    for th in (1, 2):
+        with set_threads(th):
+            add('PyTorch sampler', ms(lambda: G.sample([energy_gev*1e3], [math.pi/2], [0.], detector='g4_photons', steps=16, seed=0, return_torch=True), n),
+                batch=1, threads=th)
             Eb = np.full(torch_batch, energy_gev*1e3)
-            add('PyTorch sampler', _ms(lambda: G.sample(Eb, math.pi/2, 0., detector='g4_photons', steps=16, seed=0, batch_size=torch_batch, return_torch=True), max(1, n//10))/torch_batch,
-                batch=torch_batch, threads=th)
-    finally: torch.set_num_threads(prev)
+            add('PyTorch sampler', ms(lambda: G.sample(Eb, math.pi/2, 0., detector='g4_photons', steps=16, seed=0, batch_size=torch_batch, return_torch=True),
+                                      max(1, n//10))/torch_batch, batch=torch_batch, threads=th)
     if int8:
         import tempfile as _tf
         q = quantize_par04(path, Path(_tf.mkdtemp())/'cd_int8.onnx')
         for th in (1, 2):
             s = par04_session(q, threads=th, optimize=True)
-            add('ONNX Runtime INT8 (dynamic), optimised session', _ms(lambda: s.run(None, {'conditions': x}), n), batch=1, threads=th)
+            add('ONNX Runtime INT8 (dynamic), optimised session', ms(lambda: s.run(None, {'conditions': x}), n), batch=1, threads=th)
     rows.append(dict(route=f'Geant4 (shipped cost table, {energy_gev:g} GeV)', ms_per_shower=round(g4, 1), x_faster_than_geant4=1.0, batch=1, threads=1))
     return rows
 
+# %% ../../nbs/19_calo.par04.ipynb #68cd0eda
 def op_profile(path, n: int = 5, threads: int = 1, optimize: bool = False, top: int = 10) -> list[dict]:
     "Share of ONNX Runtime's node time per op type over `n` batch-1 calls (its profiler's JSON, Par04's session options)."
     import tempfile as _tf
@@ -332,9 +322,9 @@ def op_profile(path, n: int = 5, threads: int = 1, optimize: bool = False, top: 
 _FORMATS = {'par04-onnx': 'onnx', 'par04-torchscript': 'torchscript'}
 
 @call_parse
-@cli_errors('vml-export')
+@cli_errors('vml-calo-export')
 def vml_export(
-    model: str = 'dit-ds2',        # shipped model name (vml-model list) or a DiT checkpoint file
+    model: str = 'dit-ds2',        # shipped model name (vml-calo-model list) or a DiT checkpoint file
     format: str = 'par04-onnx',    # par04-onnx | par04-torchscript
     out: str = None,               # output file (.onnx / .pt)
     steps: int = 16,               # Heun steps of stage 2 (the shipped model's sampler: 16)
@@ -376,7 +366,7 @@ def vml_export(
     print(par04_macro(f'MLModels/{f.name}', 'ONNX' if format == 'par04-onnx' else 'TORCH'))
 
 @call_parse
-@cli_errors('vml-bench-par04')
+@cli_errors('vml-calo-bench-par04')
 def vml_bench_par04(
     model: str = 'dit-ds2',   # shipped diffusion model
     n: int = 20,              # calls per route
