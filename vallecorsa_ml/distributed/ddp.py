@@ -21,13 +21,13 @@ from torch.utils.data.distributed import DistributedSampler
 from fastcore.script import call_parse
 from ..core import (VMLError, VMLInputError, cli_errors, atomic_write, save_json, load_json,
                                 seed_everything, set_threads, run_folder)
+from .. import nnutil
 
 # %% auto #0
-__all__ = ['LR_RULES', 'TDP_PER_CORE_W', 'CARBON_G_PER_KWH', 'J_PER_KWH', 'TASKS', 'scaled_lr', 'warmup_factor', 'rapl_domains',
-           'rapl_delta_j', 'EnergyMeter', 'energy_account', 'unwrap', 'StepContext', 'TrainTask', 'RegressorTask',
-           'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task', 'load_adapters', 'TrainConfig',
-           'dist_env', 'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch', 'params_of',
-           'max_param_diff', 'shower_metrics', 'Calo3DGANTask', 'CaloDiTTask', 'vml_train']
+__all__ = ['LR_RULES', 'TASKS', 'scaled_lr', 'warmup_factor', 'unwrap', 'StepContext', 'TrainTask', 'G4Task', 'RegressorTask',
+           'sf_metrics', 'ProfileGenerator', 'ProfileGANTask', 'register_task', 'make_task', 'load_adapters',
+           'TrainConfig', 'dist_env', 'save_checkpoint', 'load_checkpoint', 'train', 'torchrun_cmd', 'launch',
+           'params_of', 'max_param_diff', 'shower_metrics', 'Calo3DGANTask', 'CaloDiTTask', 'vml_train']
 
 # %% ../../nbs/60_distributed.ddp.ipynb #e47fc729
 LR_RULES = ('linear', 'sqrt', 'none')
@@ -44,64 +44,7 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1)/warmup_steps)
 
 # %% ../../nbs/60_distributed.ddp.ipynb #ede9d886
-TDP_PER_CORE_W = 350.0/56          # Xeon Platinum 8480+: 350 W TDP, 56 cores
-CARBON_G_PER_KWH = 480.0           # world average electricity 2023 (Ember, Global Electricity Review 2024)
-J_PER_KWH = 3.6e6
-
-def rapl_domains(root: str | os.PathLike = '/sys/class/powercap') -> list[Path]:
-    "Readable RAPL package domains (`intel-rapl:N` with an `energy_uj` file) under `root`; empty when none."
-    root = Path(root)
-    out = []
-    for d in sorted(root.glob('intel-rapl:*')) if root.is_dir() else []:
-        if d.name.count(':') != 1: continue            # sub-domains (core, dram) are inside the package
-        try: int((d/'energy_uj').read_text()); out.append(d)
-        except (OSError, ValueError): pass
-    return out
-
-def _rapl_read(domains) -> list[tuple[int, int]]:
-    res = []
-    for d in domains:
-        try: mx = int((d/'max_energy_range_uj').read_text())
-        except (OSError, ValueError): mx = 2**32
-        res.append((int((d/'energy_uj').read_text()), mx))
-    return res
-
-def rapl_delta_j(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> float:
-    "Joules between two RAPL readings `[(energy_uj, max_energy_range_uj), ...]`, counting one wrap-around per domain."
-    tot = 0
-    for (e0, mx), (e1, _) in zip(before, after):
-        tot += e1 - e0 if e1 >= e0 else e1 + mx - e0
-    return tot*1e-6
-
-class EnergyMeter:
-    "Energy of a stretch of work: RAPL when readable (`use_rapl`), else CPU seconds × `w_per_core` (× `pue`)."
-    def __init__(self, w_per_core: float = TDP_PER_CORE_W, carbon_g_per_kwh: float = CARBON_G_PER_KWH, pue: float = 1.0,
-                 use_rapl: bool = True, rapl_root: str = '/sys/class/powercap'):
-        self.w_per_core, self.carbon, self.pue = w_per_core, carbon_g_per_kwh, pue
-        self.domains = rapl_domains(rapl_root) if use_rapl else []
-        self.cpu_s = self.wall_s = self.rapl_j = 0.0
-    def __enter__(self):
-        self._c0, self._t0 = time.process_time(), time.perf_counter()
-        self._r0 = _rapl_read(self.domains) if self.domains else None
-        return self
-    def __exit__(self, *exc):
-        self.cpu_s += time.process_time() - self._c0
-        self.wall_s += time.perf_counter() - self._t0
-        if self.domains: self.rapl_j += rapl_delta_j(self._r0, _rapl_read(self.domains))
-    @property
-    def method(self) -> str: return 'rapl' if self.domains else f'cpu_time_x_{self.w_per_core:.3g}W_per_core'
-    @property
-    def joules(self) -> float:
-        return (self.rapl_j if self.domains else self.cpu_s*self.w_per_core)*self.pue
-    def account(self, joules: float | None = None) -> dict:
-        "kWh and CO₂e of `joules` (default: this meter's)."
-        j = self.joules if joules is None else joules
-        return energy_account(j, self.carbon, self.method)
-
-def energy_account(joules: float, carbon_g_per_kwh: float = CARBON_G_PER_KWH, method: str = '') -> dict:
-    "`{energy_j, energy_kwh, co2e_g, carbon_g_per_kwh, energy_method}` for `joules`."
-    kwh = joules/J_PER_KWH
-    return dict(energy_j=joules, energy_kwh=kwh, co2e_g=kwh*carbon_g_per_kwh, carbon_g_per_kwh=carbon_g_per_kwh, energy_method=method)
+from ..energy import TDP_PER_CORE_W, CARBON_G_PER_KWH, EnergyMeter, energy_account   # the project's one energy account
 
 # %% ../../nbs/60_distributed.ddp.ipynb #c6170dd9
 def unwrap(m: nn.Module) -> nn.Module:
@@ -145,23 +88,29 @@ class TrainTask:
 # %% ../../nbs/60_distributed.ddp.ipynb #aa2eb4c9
 from ..calo.data import SAMPLING_FRACTION     # sum(showers)/E of the Geant4 electrons (data/g4/README.md)
 
-def _g4_split(n_train: int, n_valid: int, kind: str = 'electrons'):
-    from vallecorsa_ml.calo.data import load_g4
-    return load_g4(kind, 'train', n_train), load_g4(kind, 'valid', n_valid)     # the fixed splits of vallecorsa_ml.datasets
+class G4Task(TrainTask):
+    "A task on the shipped Geant4 showers: `n_train` rows of the fixed 'train' split and `n_valid` of 'valid' (of `kind`)."
+    def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons'):
+        self.n_train, self.n_valid, self.kind = n_train, n_valid, kind
+    def g4_splits(self):
+        "The training and validation `ShowerData` (the fixed splits of `vallecorsa_ml.datasets`)."
+        from vallecorsa_ml.calo.data import load_g4
+        return load_g4(self.kind, 'train', self.n_train), load_g4(self.kind, 'valid', self.n_valid)
 
-class RegressorTask(TrainTask):
+class RegressorTask(G4Task):
     "Shower → log10(E/GeV) MLP on Geant4 showers; metrics: energy resolution and response vs Σcells/0.032."
     name = 'regressor'
     target = ('valid_mse', 0.01, 'min')
     def __init__(self, n_train: int = 384, n_valid: int = 116, hidden: int = 64, kind: str = 'electrons'):
-        self.n_train, self.n_valid, self.hidden, self.kind = n_train, n_valid, hidden, kind
+        super().__init__(n_train, n_valid, kind)
+        self.hidden = hidden
     def _ds(self, d):
         x = torch.as_tensor(d.showers.reshape(len(d), -1)/10.0, dtype=torch.float32)      # cells in units of 10 MeV
         y = torch.as_tensor(np.log10(d.energies/1e3), dtype=torch.float32)[:, None]
         ds = TensorDataset(x, y); ds.energies = d.energies; ds.esum = d.showers.reshape(len(d), -1).sum(1)
         return ds
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
+        tr, va = self.g4_splits()
         return self._ds(tr), self._ds(va)
     def make_models(self):
         n_in = 45*16*9
@@ -182,6 +131,14 @@ class RegressorTask(TrainTask):
                 'resolution_sum_cells': float(np.std(ref)), 'response_sum_cells': float(np.mean(ref))}
 
 # %% ../../nbs/60_distributed.ddp.ipynb #c3a9d01f
+def sf_metrics(sf_gen, sf_g4, profile_gen, profile_g4) -> dict:
+    "Mean and rms of the per-shower sampling fractions `sf_gen` vs `sf_g4`, their relative error, and the shower maxima of the mean longitudinal profiles."
+    from vallecorsa_ml.calo.features import shower_max
+    sf_g, sf_r = np.asarray(sf_gen, float), np.asarray(sf_g4, float)
+    return {'sf_mean_gen': float(sf_g.mean()), 'sf_mean_g4': float(sf_r.mean()), 'sf_mean_rel_err': float(abs(sf_g.mean()/sf_r.mean() - 1)),
+            'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
+            'shower_max_gen': shower_max(profile_gen), 'shower_max_g4': shower_max(profile_g4)}
+
 class ProfileGenerator(nn.Module):
     "(noise, log10 E) → profile = softmax(shape logits) × exp(0.1·t): a shape that sums to 1 times a total near 1."
     def __init__(self, latent: int = 8, hidden: int = 64, n_layers: int = 45):
@@ -193,19 +150,20 @@ class ProfileGenerator(nn.Module):
         o = self.net(x)
         return torch.softmax(o[:, :self.L], 1)*torch.exp(0.1*o[:, self.L:])
 
-class ProfileGANTask(TrainTask):
+class ProfileGANTask(G4Task):
     "Conditional GAN of 45-layer longitudinal profiles (units of 0.032·E); metrics: sampling fraction, shower max."
     name = 'profile_gan'
     target = ('sf_mean_rel_err', 0.05, 'min')
     def __init__(self, n_train: int = 384, n_valid: int = 116, hidden: int = 64, latent: int = 8, kind: str = 'electrons'):
-        self.n_train, self.n_valid, self.hidden, self.latent, self.kind = n_train, n_valid, hidden, latent, kind
+        super().__init__(n_train, n_valid, kind)
+        self.hidden, self.latent = hidden, latent
     def _ds(self, d):
         from vallecorsa_ml.calo.features import longitudinal_profile
         prof = longitudinal_profile(d)/(SAMPLING_FRACTION*d.energies[:, None])
         c = np.log10(d.energies/1e3)[:, None]
         return TensorDataset(torch.as_tensor(prof, dtype=torch.float32), torch.as_tensor(c, dtype=torch.float32))
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
+        tr, va = self.g4_splits()
         return self._ds(tr), self._ds(va)
     def make_models(self):
         h, L = self.hidden, 45
@@ -231,17 +189,12 @@ class ProfileGANTask(TrainTask):
         return {'d_loss': d_loss.item(), 'g_loss': g_loss.item()}
     @torch.no_grad()
     def metrics(self, models, valid):
-        from vallecorsa_ml.calo.features import shower_max
         real, c = valid.tensors
         G = models['gen']; dev = next(G.parameters()).device
         z = torch.as_tensor(np.random.default_rng(1234).standard_normal((len(c), self.latent)), dtype=torch.float32)
         fake = G(torch.cat([z, c], 1).to(dev)).float().cpu().numpy()
         r = real.numpy()
-        sf_g, sf_r = fake.sum(1)*SAMPLING_FRACTION, r.sum(1)*SAMPLING_FRACTION
-        return {'sf_mean_gen': float(sf_g.mean()), 'sf_mean_g4': float(sf_r.mean()),
-                'sf_mean_rel_err': float(abs(sf_g.mean()/sf_r.mean() - 1)),
-                'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
-                'shower_max_gen': shower_max(fake.mean(0)), 'shower_max_g4': shower_max(r.mean(0))}
+        return sf_metrics(fake.sum(1)*SAMPLING_FRACTION, r.sum(1)*SAMPLING_FRACTION, fake.mean(0), r.mean(0))
 
 # %% ../../nbs/60_distributed.ddp.ipynb #af352566
 TASKS: dict[str, type] = {'regressor': RegressorTask, 'profile_gan': ProfileGANTask}
@@ -337,13 +290,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return Path(path)
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    "Read a checkpoint written by `save_checkpoint`, on the CPU; clear error when it is not one."
-    p = Path(path)
-    if not p.exists(): raise VMLInputError("checkpoint not found", file=p)
-    try: st = torch.load(p, map_location='cpu', weights_only=False)
-    except Exception as e: raise VMLInputError(f"not a readable checkpoint ({type(e).__name__})", file=p) from None
-    if not isinstance(st, dict) or st.get('format') != 'vml-ddp-1': raise VMLInputError("not a vml-ddp-train checkpoint", file=p, field='format')
-    return st
+    "Read a checkpoint written by `save_checkpoint` (format `vml-ddp-1`), on the CPU; clear error when it is not one."
+    return nnutil.load_checkpoint(path, what='vml-ddp-train checkpoint', match={'format': 'vml-ddp-1'})
 
 # %% ../../nbs/60_distributed.ddp.ipynb #3d15f6eb
 def _device(cfg, local_rank):
@@ -526,15 +474,12 @@ def max_param_diff(a: dict, b: dict) -> float:
 # %% ../../nbs/60_distributed.ddp.ipynb #a1d318f5
 def shower_metrics(x: np.ndarray, ref) -> dict:
     "Sampling fraction (mean, rms) and shower maximum of generated showers `x` (MeV) against the Geant4 `ref` (`ShowerData`)."
-    from vallecorsa_ml.calo.features import longitudinal_profile, shower_max
+    from vallecorsa_ml.calo.features import longitudinal_profile
     from vallecorsa_ml.calo.data import ShowerData
     e = np.asarray(ref.energies, float)
     sf_g, sf_r = np.asarray(x, float).reshape(len(e), -1).sum(1)/e, ref.showers.reshape(len(e), -1).sum(1)/e
     pg = longitudinal_profile(ShowerData(np.asarray(x, np.float32), e, geometry=ref.geometry)).mean(0)
-    pr = longitudinal_profile(ref).mean(0)
-    return {'sf_mean_gen': float(sf_g.mean()), 'sf_mean_g4': float(sf_r.mean()), 'sf_mean_rel_err': float(abs(sf_g.mean()/sf_r.mean() - 1)),
-            'sf_rms_gen': float(sf_g.std()), 'sf_rms_g4': float(sf_r.std()),
-            'shower_max_gen': shower_max(pg), 'shower_max_g4': shower_max(pr)}
+    return sf_metrics(sf_g, sf_r, pg, longitudinal_profile(ref).mean(0))
 
 # %% ../../nbs/60_distributed.ddp.ipynb #a7c1eb6c
 class _GenU(nn.Module):
@@ -542,18 +487,18 @@ class _GenU(nn.Module):
     def __init__(self, G): super().__init__(); self.G = G
     def forward(self, z, cond): return self.G.forward_u(z, cond)
 
-class Calo3DGANTask(TrainTask):
+class Calo3DGANTask(G4Task):
     "Adapter: `vallecorsa_ml.calo.gan` (3DGAN on ds2) trained by this engine; metrics: sampling fraction and shower max vs Geant4."
     name = 'calo_gan'
     target = ('sf_mean_rel_err', 0.05, 'min')
     def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons',
                  width: float = 1.0, latent: int = 0, **gan_cfg):
         from vallecorsa_ml.calo import gan
+        super().__init__(n_train, n_valid, kind)
         self.gan = gan
-        self.n_train, self.n_valid, self.kind = n_train, n_valid, kind
         self.cfg = gan.GANConfig(geometry='ds2', width=width, latent=latent, **gan_cfg)
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
+        tr, va = self.g4_splits()
         u, c = self.gan.prepare_data(tr, self.cfg, fit=True)
         self.u_mean = u.mean(0)
         uv, cv = self.gan.prepare_data(va, self.cfg, fit=False)
@@ -588,20 +533,20 @@ class Calo3DGANTask(TrainTask):
         return shower_metrics(x, valid.showers)
 
 # %% ../../nbs/60_distributed.ddp.ipynb #1fdff7d4
-class CaloDiTTask(TrainTask):
+class CaloDiTTask(G4Task):
     "Adapter: `vallecorsa_ml.calo.diffusion` (CaloDiT, EDM loss) trained by this engine with rank-invariant noise; same metrics."
     name = 'calo_dit'
     target = ('sf_mean_rel_err', 0.05, 'min')
     def __init__(self, n_train: int = 384, n_valid: int = 116, kind: str = 'electrons',
                  sample_steps: int = 8, P_mean: float = -1.2, P_std: float = 1.2, mirror_phi: bool = True, **dit_cfg):
         from vallecorsa_ml.calo import diffusion
+        super().__init__(n_train, n_valid, kind)
         self.dm = diffusion
-        self.n_train, self.n_valid, self.kind = n_train, n_valid, kind
         self.sample_steps, self.P_mean, self.P_std, self.mirror_phi = sample_steps, P_mean, P_std, mirror_phi
         self.cfg = diffusion.DiTConfig(**dit_cfg)
         self.det = 'g4_electrons' if kind == 'electrons' else 'g4_photons'
     def make_datasets(self):
-        tr, va = _g4_split(self.n_train, self.n_valid, self.kind)
+        tr, va = self.g4_splits()
         self.transform = self.dm.CellTransform(self.cfg.thr, self.cfg.delta).fit(torch.as_tensor(tr.showers[:2000]))
         t, v = self.dm.dit_dataset([(tr, self.det)], self.transform), self.dm.dit_dataset([(va, self.det)], self.transform)
         vds = TensorDataset(v.y, v.cond); vds.showers = va

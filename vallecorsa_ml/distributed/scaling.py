@@ -16,8 +16,8 @@ import torch.distributed as dist
 from fastcore.script import call_parse
 from ..core import (VMLError, VMLInputError, cli_errors, atomic_write, save_json, load_json, md_table,
                                 set_threads, cpu_info, run_folder, seed_everything)
-from .ddp import (TrainConfig, train, make_task, torchrun_cmd, dist_env, TDP_PER_CORE_W,
-                                           CARBON_G_PER_KWH, J_PER_KWH, energy_account)
+from .ddp import TrainConfig, train, make_task, torchrun_cmd, dist_env
+from ..energy import TDP_PER_CORE_W, CARBON_G_PER_KWH, J_PER_KWH, cpu_joules
 
 # %% auto #0
 __all__ = ['NETWORKS', 'SEED_3DGAN', 'V100_W', 'ADAPTER_NAMES', 'ring_allreduce_time', 'fit_alpha_beta', 'ScalingModel',
@@ -254,7 +254,7 @@ def generation_joules_per_shower(task: str = 'profile_gan', n: int = 20_000, w_p
         e = np.geomspace(1e3, 1e5, n)
         m.sample(e[:min(n, 8)], steps=t.sample_steps, return_torch=True)
         c0 = time.process_time(); m.sample(e, steps=t.sample_steps, return_torch=True); c1 = time.process_time()
-        return (c1 - c0)*w_per_core/n
+        return cpu_joules(c1 - c0, w_per_core)/n
     g = ms['gen'].eval()
     if hasattr(g, 'G') and hasattr(g.G, 'example_inputs'):     # calo.gan generator (sampling path: MeV showers)
         g, x = g.G, g.G.example_inputs(n)
@@ -263,11 +263,11 @@ def generation_joules_per_shower(task: str = 'profile_gan', n: int = 20_000, w_p
     with torch.no_grad():
         g(*[a[:min(n, 64)] for a in x])
         c0 = time.process_time(); g(*x); c1 = time.process_time()
-    return (c1 - c0)*w_per_core/n
+    return cpu_joules(c1 - c0, w_per_core)/n
 
 def projected_training_joules(c: float, n_samples: int, epochs: int, w_per_core: float = TDP_PER_CORE_W) -> float:
     "Training energy on this CPU: c [core-s/sample] × samples × epochs × W/core."
-    return c*n_samples*epochs*w_per_core
+    return cpu_joules(c*n_samples*epochs, w_per_core)
 
 V100_W = 300.0
 
