@@ -11,12 +11,8 @@ from vallecorsa_ml.calo.features import high_level_features
 from vallecorsa_ml.calo.metrics import classifier_test, fpd, separation_power
 from vallecorsa_ml.calo.features import hlf_matrix
 from vallecorsa_ml.calo.simulate import simulate
+from helpers import run, one_line_error
 
-BIN = Path(sys.executable).parent
-
-
-def run(*args, **kw):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=600, **kw)
 
 
 @pytest.fixture(scope='module')
@@ -29,7 +25,7 @@ def g4_files(tmp_path_factory):
 
 def test_vml_evaluate_end_to_end(g4_files):
     d, g4 = g4_files
-    r = run('vml-evaluate', d/'a.h5', d/'b.h5', '--geometry', 'ds2', '--out', d/'ev', '--epochs', '3', '--cls', 'high,low')
+    r = run('vml-calo-evaluate', d/'a.h5', d/'b.h5', '--geometry', 'ds2', '--out', d/'ev', '--epochs', '3', '--cls', 'high,low')
     assert r.returncode == 0, r.stderr
     m = json.loads((d/'ev'/'metrics.json').read_text())
     assert m['n_gen'] == m['n_ref'] == 250 and m['geometry'] == 'ds2'
@@ -85,10 +81,8 @@ def test_vml_evaluate_bad_input(g4_files, make, args, msg):
             f['showers'] = sh
             if make != 'nokey': f['incident_energies'] = e[:3] if make == 'nmis' else e
     if args and args[0] == 'missing.h5': gen, args = d/'missing.h5', []
-    r = run('vml-evaluate', gen, d/'b.h5', '--out', d/'bad', '--epochs', '1', *args)
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('vml-evaluate: error:') and msg in lines[0], r.stderr
+    r = run('vml-calo-evaluate', gen, d/'b.h5', '--out', d/'bad', '--epochs', '1', *args)
+    one_line_error(r, 'vml-calo-evaluate', msg)
 
 
 def test_streaming_100k_rss(tmp_path):

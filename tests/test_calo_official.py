@@ -1,4 +1,4 @@
-"""CaloChallenge units and the official evaluate.py: `evaluate` / `vml-evaluate` give the official separation powers
+"""CaloChallenge units and the official evaluate.py: `evaluate` / `vml-calo-evaluate` give the official separation powers
 (to 1e-5) on official-format dataset-2 files made from data/g4 rows, and the same numbers from our raw files; a file
 whose energy convention is unknown, or declared against what it records or against its energy scale, is refused.
 
@@ -27,7 +27,7 @@ layer energy, so whether the official code keeps that one shower depends on nump
 it in layers 4 and 13 and keeps it in 5 and 44). A numpy whose float32 log10 rounds differently would change those
 official numbers by up to ~1e-2, and ours with them.
 """
-import json, sys, subprocess
+import json
 from pathlib import Path
 import numpy as np
 import h5py
@@ -35,8 +35,8 @@ import pytest
 
 from vallecorsa_ml.calo.data import load_showers, read_showers, write_showers
 from vallecorsa_ml.calo.metrics import evaluate, vml_evaluate, official_label
+from helpers import run
 
-BIN = Path(sys.executable).parent
 SF = 0.0320                      # the sampling fraction the official-format files were made with (not an import: fixed)
 PAIRS = {'A': (('g4-electrons', 'valid'), ('g4-electrons', 'test')), 'B': (('g4-photons', 'test'), ('g4-electrons', 'test'))}
 N = 300
@@ -116,9 +116,7 @@ def test_raw_files_give_the_official_separation_powers(files, pair):
 
 def test_vml_evaluate_on_official_files(files):
     f, out = files['B'], files['dir']/'ev_B'
-    r = subprocess.run([str(BIN/'vml-evaluate'), str(f['gen']), str(f['ref']), '--out', str(out), '--cls', 'none', '--no-plots', '--no-fpd'],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    r = run('vml-calo-evaluate', f['gen'], f['ref'], '--out', out, '--cls', 'none', '--no-plots', '--no-fpd', check=True)
     assert 'gen: calochallenge-MeV (official CaloChallenge scale' in r.stdout
     _check(json.loads((out/'metrics.json').read_text())['separation_power'], 'B')
 
@@ -149,4 +147,4 @@ def test_units_declared_detected_or_refused(files, capsys):
                               (dict(units='MeV'), A['gen'], A['ref'], "unknown energy units 'MeV'"),
                               (dict(units='raw', sampling_fraction=2.0), d/'bare_raw.h5', A['ref'], 'must be in (0, 1], got 2.0')]:
         code, err = _cli(capsys, gen, ref, d/'e3', **kw)
-        assert code == 2 and len(err) == 1 and err[0].startswith('vml-evaluate: error:') and msg in err[0], (kw, err)
+        assert code == 2 and len(err) == 1 and err[0].startswith('vml-calo-evaluate: error:') and msg in err[0], (kw, err)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 import numpy as np
 import h5py
-from ..core import VMLInputError, atomic_write, seed_everything
+from ..core import VMLInputError, atomic_write, seed_everything, optional_import
 from ..datasets import dataset_path, split_rows, check_not_heldout
 from .geometry import CylMesh, CartMesh, get_geometry, infer_geometry, mesh_dict, DS2, CART25, CART51
 
@@ -506,7 +506,7 @@ class ShowerDataset(Dataset):
 def shower_dataloaders(data: ShowerData, bs: int = 64, valid_pct: float = 0.2, transform: ShowerTransform | None = None,
                        channel: bool = False, seed: int = 0, **kwargs):
     "fastai `DataLoaders` (train/valid split by `valid_pct`, seeded) of `ShowerDataset`s."
-    from fastai.data.core import DataLoaders
+    DataLoaders = optional_import('fastai.data.core', 'calo').DataLoaders
     if not 0 < valid_pct < 1: raise VMLInputError("valid_pct must be in (0, 1)", field='valid_pct')
     idx = np.random.default_rng(seed).permutation(len(data))
     nv = max(1, int(round(valid_pct*len(data))))

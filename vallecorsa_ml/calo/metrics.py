@@ -1,4 +1,4 @@
-"""How good is a fast shower simulation? Separation powers of the physics histograms, the CaloChallenge classifier tests (cls-high, cls-low), FPD/KPD, the cell-energy spectrum, and `vml-evaluate`, which writes them all with the standard plots and an HTML page.
+"""How good is a fast shower simulation? Separation powers of the physics histograms, the CaloChallenge classifier tests (cls-high, cls-low), FPD/KPD, the cell-energy spectrum, and `vml-calo-evaluate`, which writes them all with the standard plots and an HTML page.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/calo.metrics.html.md"""
 
@@ -10,7 +10,7 @@ import os, io, copy, math, time, html, base64
 from pathlib import Path
 import numpy as np
 from ..core import (VMLInputError, seed_everything, save_json, check_profile, pick, run_folder, save_metrics,
-                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output, check_memory, set_threads)
+                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output, check_memory, set_threads, optional_import)
 from .geometry import CylMesh, CartMesh, get_geometry
 from .data import (ShowerData, read_showers, load_g4, load_showers, concat_showers, showers_from,
                                      shower_units, to_calochallenge, ENERGY_UNITS)
@@ -538,10 +538,11 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
     return m
 
 # %% ../../nbs/14_calo.metrics.ipynb #4afda29c
+optional_import('fastcore', 'calo')        # the console scripts' parser: a missing package gives one line naming the extra
 from fastcore.script import call_parse, store_true
 
 @call_parse
-@cli_errors('vml-evaluate')
+@cli_errors('vml-calo-evaluate')
 def vml_evaluate(gen: str,                 # generated showers, HDF5 (CaloChallenge or 3DGAN layout)
                  ref: str,                 # reference showers: HDF5, or a shipped dataset split such as g4-photons:test
                  geometry: str = 'ds2',    # mesh: ds2, ds3, cart25, cart51
@@ -598,7 +599,7 @@ def bench_eval(n: int = 10000, repeats: int = 3, seed: int = 0) -> list:
     return res
 
 @call_parse
-@cli_errors('vml-bench-eval')
+@cli_errors('vml-calo-bench-eval')
 def vml_bench_eval(n: int = 10000,     # showers per sample
                    repeats: int = 3,   # timed repeats
                    threads: int = 1):  # torch/BLAS threads

@@ -10,8 +10,9 @@ import math, os
 from dataclasses import dataclass, replace, asdict
 import numpy as np
 from scipy.special import gammainc
+from ..core import VMLInputError, cli_errors, seed_everything, bench, bench_table, md_table, cpu_info, check_memory, check_output, optional_import
+optional_import('fastcore', 'calo')        # the console scripts' parser: a missing package gives one line naming the extra
 from fastcore.script import call_parse
-from ..core import VMLInputError, cli_errors, seed_everything, bench, bench_table, md_table, cpu_info, check_memory, check_output
 from .geometry import get_geometry, CylMesh, CartMesh, DS2
 from .data import ShowerData, write_showers
 
@@ -509,7 +510,7 @@ def parse_range(spec, name: str) -> tuple | None:
     return lo, hi
 
 @call_parse
-@cli_errors('vml-simulate')
+@cli_errors('vml-calo-simulate')
 def vml_simulate(
     out: str = None,           # Output HDF5 file (CaloChallenge layout, or 3DGAN with --fmt 3dgan)
     particle: str = 'e-',      # e-, e+, gamma
@@ -568,7 +569,7 @@ def bench_simulator(energies=(10, 50, 100), n: int = 2000, particle='e-', geomet
     return res
 
 @call_parse
-@cli_errors('vml-bench-sim')
+@cli_errors('vml-calo-bench-sim')
 def vml_bench_sim(
     energies: str = '10,50,100',  # Comma-separated energies [GeV]
     n: int = 2000,                # Showers per energy and repeat
@@ -585,7 +586,7 @@ def vml_bench_sim(
     check_memory(3*n*g.n_cells*4, f"{n:,} showers of {g.n_cells:,} cells (float32, with the simulator's working copies)", '--n')
     info = cpu_info()
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    print(f"# vml-bench-sim: {info.get('model', '')}, {info.get('cpus')} CPUs, load average {load:.1f}; "
+    print(f"# vml-calo-bench-sim: {info.get('model', '')}, {info.get('cpus')} CPUs, load average {load:.1f}; "
           f"{particle} on {get_geometry(geometry).name}, detector {detector}")
     rows = bench_simulator(es, n, particle, geometry, detector, repeats)
     print(bench_table(rows))
