@@ -12,7 +12,7 @@ import numpy as np
 from ..core import VMLInputError
 
 # %% auto #0
-__all__ = ['DS2', 'DS3', 'CART25', 'CART51', 'GEOMETRIES', 'rphi_to_xy', 'xy_to_rphi', 'MeshArrays', 'CylMesh', 'CartMesh',
+__all__ = ['DS2', 'DS3', 'CART25', 'CART51', 'GEOMETRIES', 'rphi_to_xy', 'xy_to_rphi', 'Mesh', 'CylMesh', 'CartMesh',
            'get_geometry', 'infer_geometry', 'mesh_dict']
 
 # %% ../../nbs/10_calo.geometry.ipynb #0b7c4baa
@@ -29,8 +29,17 @@ def xy_to_rphi(x, y):
     return np.hypot(x, y), phi
 
 # %% ../../nbs/10_calo.geometry.ipynb #3acc6c1b
-class MeshArrays:
-    "Flat ↔ shaped conversions shared by the meshes (which define `shape`, `n_cells` and `name`); plain C-order reshapes."
+class Mesh:
+    """What the meshes share: the checks of their fields, and flat ↔ shaped conversions (plain C-order reshapes). A mesh
+    defines `name`, `shape` and `n_cells`."""
+    def _check_fields(self, counts, lengths):
+        "Positive integers `counts` and positive lengths [mm] `lengths` (field names), else `VMLInputError` naming the field."
+        for k in counts:
+            v = getattr(self, k)
+            if not isinstance(v, (int, np.integer)) or v < 1: raise VMLInputError(f"must be a positive integer, got {v!r}", field=k)
+        for k in lengths:
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float, np.floating)) and v > 0): raise VMLInputError(f"must be a positive length in mm, got {v!r}", field=k)
     def _mismatch(self, a):
         return VMLInputError(f"array of shape {a.shape} matches neither (..., {self.n_cells}) nor (..., {', '.join(map(str, self.shape))})", field=self.name)
     def to_flat(self, a) -> np.ndarray:
@@ -48,7 +57,7 @@ class MeshArrays:
         raise self._mismatch(a)
 
 @dataclass(frozen=True)
-class CylMesh(MeshArrays):
+class CylMesh(Mesh):
     "Cylindrical readout mesh (Par04 / CaloChallenge): `n_z` slices of `dz` mm, `n_phi` sectors, `n_r` rings of `dr` mm."
     name: str
     n_z: int
@@ -58,13 +67,7 @@ class CylMesh(MeshArrays):
     dr: float
     kind = 'cylindrical'
 
-    def __post_init__(self):
-        for k in ('n_z', 'n_phi', 'n_r'):
-            v = getattr(self, k)
-            if not isinstance(v, (int, np.integer)) or v < 1: raise VMLInputError(f"must be a positive integer, got {v!r}", field=k)
-        for k in ('dz', 'dr'):
-            v = getattr(self, k)
-            if not (isinstance(v, (int, float, np.floating)) and v > 0): raise VMLInputError(f"must be a positive length in mm, got {v!r}", field=k)
+    def __post_init__(self): self._check_fields(('n_z', 'n_phi', 'n_r'), ('dz', 'dr'))
 
     @property
     def shape(self) -> tuple: return (self.n_z, self.n_phi, self.n_r)
@@ -125,7 +128,7 @@ DS3 = CylMesh('ds3', 45, 50, 18, 3.4, 2.325)
 
 # %% ../../nbs/10_calo.geometry.ipynb #8d63de42
 @dataclass(frozen=True)
-class CartMesh(MeshArrays):
+class CartMesh(Mesh):
     "Cartesian readout mesh `(nx, ny, nz)`, cell sizes in mm, depth `z` last (3DGAN `ECAL` layout), centred in x, y."
     name: str
     nx: int
@@ -136,13 +139,7 @@ class CartMesh(MeshArrays):
     dz: float = 5.1
     kind = 'cartesian'
 
-    def __post_init__(self):
-        for k in ('nx', 'ny', 'nz'):
-            v = getattr(self, k)
-            if not isinstance(v, (int, np.integer)) or v < 1: raise VMLInputError(f"must be a positive integer, got {v!r}", field=k)
-        for k in ('dx', 'dy', 'dz'):
-            v = getattr(self, k)
-            if not (isinstance(v, (int, float, np.floating)) and v > 0): raise VMLInputError(f"must be a positive length in mm, got {v!r}", field=k)
+    def __post_init__(self): self._check_fields(('nx', 'ny', 'nz'), ('dx', 'dy', 'dz'))
 
     @property
     def shape(self) -> tuple: return (self.nx, self.ny, self.nz)
