@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.script import call_parse
-from ..core import VMLInputError, cli_errors, atomic_write, seed_everything, cache_dir, Timer, set_threads
+from ..core import VMLInputError, cli_errors, atomic_write, seed_everything, cache_dir, Timer, set_threads, optional_import
 from .geometry import get_geometry, CylMesh
 from .data import READOUT_EDGES, MAP_KNOTS, energy_bin, readout_view, apply_readout, apply_slice_map
 from ..datasets import check_not_heldout
+from ..nnutil import load_checkpoint, ema_model, ema_state_dict, ema_load_state_dict
 
 # %% auto #0
 __all__ = ['PLANS', 'CONDS', 'GANConfig', 'norm_cond', 'ecal_ratio_fn', 'to_u', 'from_u', 'PadConv3d', 'Generator',
@@ -412,6 +413,7 @@ def _step_seed(seed, step): return (int(seed)*1_000_003 + int(step)*7919 + 12345
 
 # %% ../../nbs/15_calo.gan.ipynb #41ba8fe5
 import warnings
+optional_import('fastai', 'calo')          # a missing fastai: one line naming the extra
 with warnings.catch_warnings():   # fastai's import triggers torch's `jit.script` FutureWarning: keep CLI errors one line
     warnings.simplefilter('ignore', FutureWarning)
     from fastai.learner import Learner
@@ -484,8 +486,8 @@ class GANTrainer:
         seed_everything(self.seed)
         self.G, self.D = Generator(cfg), Discriminator(cfg)
         with torch.no_grad(): self.G.template.copy_(u.mean(0))     # start from the mean shower (overwritten on resume)
-        self.G_ema = copy.deepcopy(self.G).eval()
-        for p in self.G_ema.parameters(): p.requires_grad_(False)
+        self.ema = ema_model(self.G, cfg.ema, buffers='copy')    # nnutil: weights averaged, buffers copied from G
+        self.G_ema = self.ema.module                              # the EMA generator (eval mode, no gradients)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         self.u, self.cond = u, cond
@@ -508,11 +510,10 @@ class GANTrainer:
             with ac(): lg, pg = gan_losses(self.G, self.D, u, cond, z, cfg, 'g')
             self.opt_g.zero_grad(set_to_none=True); lg.backward(); self.opt_g.step()
         self.D.requires_grad_(True)
-        with torch.no_grad():
-            a = min(cfg.ema, (1 + self.step)/(10 + self.step)) if cfg.ema > 0 else 0.0   # EMA with warm-up
-            for pe, p in zip(self.G_ema.parameters(), self.G.parameters()): pe.lerp_(p, 1 - a)
-            for (n, be), b in zip(self.G_ema.named_buffers(), self.G.buffers()):
-                if n != 'threshold' and not n.startswith('ro_'): be.copy_(b)
+        own = {n: b.clone() for n, b in self.G_ema.named_buffers() if n == 'threshold' or n.startswith('ro_')}
+        self.ema.update_parameters(self.G)                 # EMA with warm-up; BatchNorm statistics copied from G
+        for n, b in self.G_ema.named_buffers():
+            if n in own: b.copy_(own[n])                   # threshold and read-out stay the EMA generator's own
         self.step += 1
         self.history.append(dict(step=self.step, d=float(ld.detach()), g=float(lg.detach()), **{k: float(v.detach()) for k, v in {**pd, **pg}.items()},
                                  s=time.perf_counter() - t0))
@@ -530,7 +531,7 @@ class GANTrainer:
         return t
     def state(self) -> dict:
         return dict(model_type='gan', version=1, cfg=asdict(self.cfg), G=self.G.state_dict(), D=self.D.state_dict(),
-                    G_ema=self.G_ema.state_dict(), opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(),
+                    G_ema=ema_state_dict(self.ema), opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(),
                     step=self.step, pos=self.pos, seed=self.seed, seconds=self.seconds + self._elapsed(),
                     history=self.history, rng=_rng_state(), sparsity=self.sparsity, sources=getattr(self, 'sources', None))
     def _elapsed(self): return time.perf_counter() - self._t0 if getattr(self, '_t0', None) else 0.0
@@ -558,9 +559,9 @@ class GANTrainer:
         return path
     def load(self, path):
         "Restore a checkpoint written by `save` (networks, optimisers, position, history, RNG)."
-        ck = torch.load(path, map_location='cpu', weights_only=False)
-        if ck.get('model_type') != 'gan': raise VMLInputError(f"not a 3DGAN checkpoint (model_type={ck.get('model_type')!r})", file=path)
-        self.G.load_state_dict(ck['G']); self.D.load_state_dict(ck['D']); self.G_ema.load_state_dict(ck['G_ema'])
+        ck = load_checkpoint(path, '3DGAN checkpoint', match={'model_type': 'gan'})
+        self.G.load_state_dict(ck['G']); self.D.load_state_dict(ck['D'])
+        ema_load_state_dict(self.ema, ck['G_ema'], n_updates=ck['step'])
         self.opt_g.load_state_dict(ck['opt_g']); self.opt_d.load_state_dict(ck['opt_d'])
         self.step, self.pos, self.seconds, self.history = ck['step'], tuple(ck['pos']), ck['seconds'], ck['history']
         self.skip, self.saved_step = self.pos[1], self.step
@@ -614,8 +615,7 @@ def train_gan(data, cfg: GANConfig | None = None, ckpt_dir=None, max_steps: int 
     check_not_heldout(data, 'training')
     last = Path(ckpt_dir)/'last.pt' if ckpt_dir else None
     if resume and last is not None and last.exists():
-        ck = torch.load(last, map_location='cpu', weights_only=False)
-        if ck.get('model_type') != 'gan': raise VMLInputError("not a 3DGAN checkpoint", file=last)
+        ck = load_checkpoint(last, '3DGAN checkpoint', match={'model_type': 'gan'})
         cfg = GANConfig(**ck['cfg'])
         u, cond = prepare_data(data, cfg, fit=False)
         tr = GANTrainer(cfg, u, cond, ckpt_dir, seed=ck['seed'], ckpt_every=ckpt_every, max_steps=max_steps,
@@ -651,7 +651,7 @@ def _parse_conds(s: str) -> tuple:
     return c
 
 @call_parse
-@cli_errors('vml-train-gan')
+@cli_errors('vml-calo-train-gan')
 def vml_train_gan(
     data: str = 'g4-electrons',  # Training data: a shipped dataset name (its 'train' rows) or a CaloChallenge/3DGAN HDF5 file
     start: int = 0,              # First row used for training (within the 'train' rows of a shipped dataset)

@@ -17,9 +17,11 @@ from fastcore.script import call_parse
 from ..core import (VMLInputError, cli_errors, atomic_write, save_json, Timer, BenchResult, bench, bench_table,
                                 set_threads, cpu_info, check_memory, check_output)
 from .gan import Generator, GANConfig
+from ..nnutil import load_checkpoint
+from ..onnx_io import export_onnx, ort_session, onnx_parity
 
 # %% auto #0
-__all__ = ['GENERATORS', 'load_generator', 'vml_generate', 'export_onnx', 'onnx_session', 'onnx_parity', 'parity',
+__all__ = ['GENERATORS', 'GEN_INPUTS', 'GEN_OUTPUTS', 'load_generator', 'vml_generate', 'export_generator', 'generator_parity',
            'g4_seconds_per_shower', 'bench_gan', 'BenchResult_g4', 'vml_bench_gan']
 
 # %% ../../nbs/15b_calo.generators.ipynb #ae24db85
@@ -29,10 +31,7 @@ GENERATORS = {'gan': 'vallecorsa_ml.calo.gan:load_gan',                   # 15_c
 def load_generator(path, model: str | None = None, **kwargs) -> nn.Module:
     "Load any registered generator from a checkpoint file (model type from the file unless `model` is given; `kwargs` go to the loader)."
     path = Path(path)
-    if not path.exists(): raise VMLInputError("checkpoint not found", file=path)
-    try: ck = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e: raise VMLInputError(f"not a readable checkpoint ({type(e).__name__})", file=path) from None
-    if not isinstance(ck, dict) or 'model_type' not in ck: raise VMLInputError("not a vallecorsa_ml checkpoint (no model_type)", file=path)
+    ck = load_checkpoint(path, keys=('model_type',))
     kind = model or ck['model_type']
     if kind not in GENERATORS: raise VMLInputError(f"unknown model {kind!r}; known: {', '.join(GENERATORS)}", file=path, field='model')
     if kind != ck['model_type'] and ck['model_type'] in GENERATORS:
@@ -59,9 +58,9 @@ def _parse_energies(spec: str, n: int, rng) -> np.ndarray:
     return np.exp(rng.uniform(np.log(lo), np.log(hi), n)) if hi > lo else np.full(n, lo)
 
 @call_parse
-@cli_errors('vml-generate')
+@cli_errors('vml-calo-generate')
 def vml_generate(
-    model: str = None,           # A shipped trained model by name (vml-model list: dit-ds2, 3dgan-ds2)
+    model: str = None,           # A shipped trained model by name (vml-calo-model list: dit-ds2, 3dgan-ds2)
     checkpoint: str = None,      # ... or a checkpoint file (any registered generator: gan, dit)
     out: str = None,             # Output HDF5 (CaloChallenge layout)
     energies: str = '1-100GeV',  # '50GeV', a log-uniform range '1-100GeV' or a list '10,50,90GeV'
@@ -133,46 +132,18 @@ def vml_generate(
           f"{len(sd)/t.seconds:.0f} showers/s, mean E_mesh/E = {(sd.flat.sum(1)/sd.energies).mean():.4f}")
     return p
 
-# %% ../../nbs/15b_calo.generators.ipynb #502704e0
-def export_onnx(G: nn.Module, path, opset: int = 17) -> Path:
-    "Export a generator's `forward(z, cond)` to ONNX (inputs `z`, `cond`; output `showers`; dynamic batch), atomically."
-    import warnings
-    path = Path(path)
-    z, c = G.example_inputs(2)
-    was = G.training; G.eval()
-    with atomic_write(path, suffix='.onnx') as tmp, warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(G, (z, c), str(tmp), input_names=['z', 'cond'], output_names=['showers'], opset_version=opset,
-                          dynamic_axes={'z': {0: 'batch'}, 'cond': {0: 'batch'}, 'showers': {0: 'batch'}}, dynamo=False)
-    G.train(was)
-    return path
+# %% ../../nbs/15b_calo.generators.ipynb #eb807bbd
+GEN_INPUTS, GEN_OUTPUTS = ('z', 'cond'), ('showers',)
 
-def onnx_session(path, threads: int | None = None):
-    "An ONNX Runtime CPU session for an exported generator."
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    if threads: so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
+def export_generator(G: nn.Module, path, opset: int = 17) -> Path:
+    "Export a generator's `forward(z, cond)` to ONNX (inputs `z`, `cond`; output `showers`; dynamic batch) with `onnx_io.export_onnx`."
+    return export_onnx(G, G.example_inputs(2), path, GEN_INPUTS, GEN_OUTPUTS, opset=opset)
 
-# %% ../../nbs/15b_calo.generators.ipynb #c35e422f
-def onnx_parity(G: nn.Module, path, batch: int = 8, seed: int = 1, max_flips: float = 1e-4) -> float:
-    """Largest |ONNX Runtime − PyTorch| [MeV] on the same inputs (a batch size different from the export's). A cell
-    whose value lies within float rounding of its read-out threshold can land on either side in two runtimes (zero in
-    one, above threshold in the other): such flips are left out of the maximum as long as they are at most a fraction
-    `max_flips` of the cells; more flips than that count in full."""
-    z, c = G.example_inputs(batch, seed=seed)
-    G.eval()
-    with torch.no_grad(): ref = G(z, c).numpy()
-    out = onnx_session(path).run(None, {'z': z.numpy(), 'cond': c.numpy()})[0]
-    if out.shape != ref.shape: raise VMLInputError(f"ONNX output shape {out.shape} != PyTorch {ref.shape}", file=path)
-    return parity(out, ref, max_flips)
-
-def parity(out: np.ndarray, ref: np.ndarray, max_flips: float = 1e-4) -> float:
-    "max |out − ref|, leaving out cells that are zero in one and not the other when they are at most a fraction `max_flips`."
-    d = np.abs(np.asarray(out, np.float64) - np.asarray(ref, np.float64))
-    flip = (out == 0) != (ref == 0)
-    if flip.mean() <= max_flips: d = np.where(flip, 0.0, d)
-    return float(d.max())
+def generator_parity(G: nn.Module, path, batch: int = 8, seed: int = 1, max_flips: float = 1e-4) -> float:
+    """Largest |ONNX Runtime − PyTorch| [MeV] on `G.example_inputs(batch, seed)` (a batch size other than the export's). A
+    cell within float rounding of its read-out threshold can land on either side in two runtimes: such zero/non-zero
+    flips are left out while they are at most a fraction `max_flips` of the cells (`onnx_io.parity`)."""
+    return onnx_parity(G, path, G.example_inputs(batch, seed=seed), max_flips=max_flips)
 
 # %% ../../nbs/15b_calo.generators.ipynb #21b0c504
 def g4_seconds_per_shower() -> dict:
@@ -189,11 +160,11 @@ def bench_gan(G: nn.Module, batches=(1, 100, 1000), threads=(1, 2), onnx: bool =
     prev = torch.get_num_threads()
     path = None
     if onnx:
-        path = Path(tempfile.mkdtemp())/'gen.onnx'; export_onnx(G, path)
+        path = Path(tempfile.mkdtemp())/'gen.onnx'; export_generator(G, path)
     try:
         for nt in threads:
             set_threads(nt)
-            sess = onnx_session(path, nt) if onnx else None
+            sess = ort_session(path, nt) if onnx else None
             for b in batches:
                 z, c = G.example_inputs(b)
                 with torch.no_grad():
@@ -222,7 +193,7 @@ def BenchResult_g4(e: float, s: float):
 
 # %% ../../nbs/15b_calo.generators.ipynb #6eb4a44c
 @call_parse
-@cli_errors('vml-bench-gan')
+@cli_errors('vml-calo-bench-gan')
 def vml_bench_gan(
     checkpoint: str = None,      # Generator checkpoint (default: an untrained ds2 3DGAN: same cost)
     model: str = None,           # Override the model type recorded in the checkpoint

@@ -17,6 +17,7 @@ from ..core import (VMLInputError, repo_root, atomic_write, save_json, load_json
                                 Timer, set_threads, check_profile, pick, run_folder, save_metrics)
 from ..datasets import SHIPPED, split_rows
 from .data import load_g4, ShowerData, g4_cpu_seconds, G4_DATASETS
+from ..nnutil import load_checkpoint
 
 # %% auto #0
 __all__ = ['PRETRAINED', 'G4_DATASETS_INV', 'Pretrained', 'pretrained', 'models_dir', 'model_path', 'pack_checkpoint',
@@ -43,10 +44,10 @@ PRETRAINED = {p.name: p for p in [
                '(stage 1) and a DiT on 5×2×9-cell patches (stage 2), EDM + 16 Heun steps, calibrated read-out; one model for '
                'four detectors (Geant4 W/Si e- and γ, simulated PbWO4 e- and γ)',
                (('g4-photons', 'g4_photons'), ('g4-electrons', 'g4_electrons')),
-               (f'vml-train-dit --epochs 74 --threads 1 --no-total --calibrate 0 --seed 0 --ckpt {_DIT_CK}',
-                f'vml-train-dit --stage1-only --stage1-steps 5300 --calibrate 250 --seed 0 --threads 1 --ckpt {_DIT_CK}',
-                f'vml-model ship dit-ds2 --checkpoint {_DIT_CK}',
-                'vml-model card dit-ds2'),
+               (f'vml-calo-train-dit --epochs 74 --threads 1 --no-total --calibrate 0 --seed 0 --ckpt {_DIT_CK}',
+                f'vml-calo-train-dit --stage1-only --stage1-steps 5300 --calibrate 250 --seed 0 --threads 1 --ckpt {_DIT_CK}',
+                f'vml-calo-model ship dit-ds2 --checkpoint {_DIT_CK}',
+                'vml-calo-model card dit-ds2'),
                'Geant4 e- (g4-electrons, train rows) and γ with angles (g4-photons, train rows); 2000 + 2000 PbWO4 showers of '
                'the built-in simulator (seed 0)'),
     Pretrained('3dgan-ds2', 'gan', '3dgan-ds2.pt',
@@ -54,10 +55,10 @@ PRETRAINED = {p.name: p for p in [
                'incidence; per-cell noise, a discriminator that also sees layer centres and widths, the EMA generator with '
                'standing BatchNorm statistics, chosen among 8 snapshots on validation rows, with its calibrated read-out',
                (('g4-electrons', None),),
-               (f'vml-train-gan --name 3dgan-ds2 --max-steps 9000 --snapshot-every 250 --moments --cell-noise --threads 1 --seed 0 --fresh',
-                'vml-select-gan --name 3dgan-ds2 --last 8',
-                f'vml-model ship 3dgan-ds2 --checkpoint {_GAN_DIR}/best.pt',
-                'vml-model card 3dgan-ds2'),
+               (f'vml-calo-train-gan --name 3dgan-ds2 --max-steps 9000 --snapshot-every 250 --moments --cell-noise --threads 1 --seed 0 --fresh',
+                'vml-calo-select-gan --name 3dgan-ds2 --last 8',
+                f'vml-calo-model ship 3dgan-ds2 --checkpoint {_GAN_DIR}/best.pt',
+                'vml-calo-model card 3dgan-ds2'),
                'Geant4 e- 1-100 GeV (g4-electrons, train rows; selection on the valid rows)'),
 ]}
 
@@ -76,7 +77,7 @@ def model_path(name: str) -> Path:
     "Path of the shipped file of model `name` (a clear error, with the recipe, when it is missing)."
     p = models_dir()/pretrained(name).file
     if not p.exists():
-        raise VMLInputError(f"the shipped file is missing; retrain it with `vml-model retrain {name}`", file=p)
+        raise VMLInputError(f"the shipped file is missing; retrain it with `vml-calo-model retrain {name}`", file=p)
     return p
 
 # %% ../../nbs/18_calo.pretrained.ipynb #5744abad
@@ -160,11 +161,9 @@ def ship(name: str, checkpoint, train_minutes: float | None = None, half: bool =
     from vallecorsa_ml.calo.generators import load_generator
     p = pretrained(name)
     checkpoint = Path(checkpoint)
-    if not checkpoint.exists(): raise VMLInputError("checkpoint not found", file=checkpoint)
-    try: ck = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    except Exception as e: raise VMLInputError(f"not a readable checkpoint ({type(e).__name__})", file=checkpoint) from None
-    if not isinstance(ck, dict) or ck.get('model_type') != p.kind:
-        raise VMLInputError(f"{name} is a {p.kind!r} model, this checkpoint is {ck.get('model_type') if isinstance(ck, dict) else '?'!r}", file=checkpoint)
+    ck = load_checkpoint(checkpoint)
+    if ck.get('model_type') != p.kind:
+        raise VMLInputError(f"{name} is a {p.kind!r} model, this checkpoint is {ck.get('model_type')!r}", file=checkpoint)
     folder = Path(folder) if folder else models_dir()
     dest = folder/p.file
     pk = pack_checkpoint(ck, half)
@@ -196,15 +195,15 @@ def load_card(name: str, folder=None) -> dict | None:
     return load_json(p) if p.exists() else None
 
 def load_pretrained(name: str, folder=None, **kwargs) -> torch.nn.Module:
-    "A shipped generator by name (`vml-model list`), in eval mode; `kwargs` go to its loader (DiT: detector, steps)."
+    "A shipped generator by name (`vml-calo-model list`), in eval mode; `kwargs` go to its loader (DiT: detector, steps)."
     from vallecorsa_ml.calo.generators import load_generator
     if kwargs.get('raw'): raise VMLInputError("shipped models hold only the EMA weights (no --raw)", field='raw')
     kwargs.pop('raw', None)
     p = (Path(folder)/pretrained(name).file) if folder else model_path(name)
-    if not p.exists(): raise VMLInputError(f"the shipped file is missing; retrain it with `vml-model retrain {name}`", file=p)
+    if not p.exists(): raise VMLInputError(f"the shipped file is missing; retrain it with `vml-calo-model retrain {name}`", file=p)
     card = load_card(name, folder)
     if card and card.get('file', {}).get('sha256') and _sha256(p) != card['file']['sha256']:
-        raise VMLInputError(f"does not match the sha256 in its card: damaged, or replaced without `vml-model ship {name}`", file=p)
+        raise VMLInputError(f"does not match the sha256 in its card: damaged, or replaced without `vml-calo-model ship {name}`", file=p)
     return load_generator(p, **kwargs)
 
 # %% ../../nbs/18_calo.pretrained.ipynb #f72de2d3
@@ -234,7 +233,7 @@ def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None =
     "Judge shipped model `name` on the held-out rows it is sold for; add the results to its card (json + md). → the card."
     p = pretrained(name)
     card = load_card(name, folder)
-    if card is None: raise VMLInputError(f"no card: ship the model first (vml-model ship {name} --checkpoint …)", field='model')
+    if card is None: raise VMLInputError(f"no card: ship the model first (vml-calo-model ship {name} --checkpoint …)", field='model')
     G = load_pretrained(name, folder)
     held = {}
     for ds, det in p.judged_on:
@@ -259,7 +258,7 @@ def _f(v, nd=3):
 def card_markdown(card: dict) -> str:
     "The model card as markdown, from its JSON."
     tr, fl = card.get('training', {}), card['file']
-    lines = [f"# {card['name']} — model card", '', '<!-- generated by `vml-model card`; do not edit -->', '', card['what'], '',
+    lines = [f"# {card['name']} — model card", '', '<!-- generated by `vml-calo-model card`; do not edit -->', '', card['what'], '',
              f"- **File**: `{fl['path']}`, {fl['bytes']/2**20:.1f} MiB, {'float16 weights, float32 buffers' if fl.get('half') else 'float32'}; sha256 `{fl['sha256'][:16]}…`",
              f"- **Training data**: {card.get('training_data', '')}"]
     rows = tr.get('rows')
@@ -286,7 +285,7 @@ def card_markdown(card: dict) -> str:
         lines += ['## Fidelity on held-out Geant4 showers', '',
                   'One generated shower per held-out row, under that row\'s conditions, as in the CaloChallenge protocol: the classifier '
                   'also sees the incident energy, so showers drawn at other energies than the reference\'s score a higher AUC '
-                  '(`vml-generate --model NAME --conditions DATASET:test` reproduces the card). cls-high AUC: CaloChallenge classifier '
+                  '(`vml-calo-generate --model NAME --conditions DATASET:test` reproduces the card). cls-high AUC: CaloChallenge classifier '
                   '(0.5 = indistinguishable), mean ± sd over the seeds; FPD/KPD on the high-level features; separation powers '
                   '(0 = identical histograms); CPU time per shower, all threads counted; × Geant4 = its CPU time at the same energies.', '',
                   md_table([dict(data=r['rows'], AUC=_f(r['cls_high_auc']), **{'AUC mean ± sd': f"{_f(r['cls_high_auc_mean'])} ± {_f(r['cls_high_auc_sd'])}"},
@@ -321,20 +320,20 @@ def models_table(folder=None) -> str:
 def write_models_readme(folder=None) -> Path:
     "Regenerate `models/README.md`: what ships, the table of `models_table`, links to the cards."
     folder = Path(folder) if folder else models_dir()
-    text = ['# models/', '', '<!-- generated by `vml-model card`; do not edit -->', '',
+    text = ['# models/', '', '<!-- generated by `vml-calo-model card`; do not edit -->', '',
             'Trained generators shipped with the repository, loaded by name: `load_pretrained(NAME)` or '
-            '`vml-generate --model NAME`. Each has a model card generated by the pipeline (`vml-model card NAME`): '
+            '`vml-calo-generate --model NAME`. Each has a model card generated by the pipeline (`vml-calo-model card NAME`): '
             'training data and rows, the recipe, training time and machine, the commit, and the fidelity on the '
             'held-out Geant4 rows.', '', models_table(folder), '',
             *[f"- [{n}]({n}.md): {p.what}" for n, p in PRETRAINED.items()], '',
-            'Retrain: `vml-model retrain NAME` (or `make models`) runs the recipe; epochs, steps and seeds are fixed.']
+            'Retrain: `vml-calo-model retrain NAME` (or `make models`) runs the recipe; epochs, steps and seeds are fixed.']
     p = folder/'README.md'
     p.write_text('\n'.join(text) + '\n')
     return p
 
 # %% ../../nbs/18_calo.pretrained.ipynb #09fb57b0
 @call_parse
-@cli_errors('vml-model')
+@cli_errors('vml-calo-model')
 def vml_model(
     *args: str,                  # ACTION [NAME]: list | ship NAME | card NAME | recipe NAME | retrain NAME
     checkpoint: str = None,      # ship: the trained checkpoint to pack
@@ -349,19 +348,19 @@ def vml_model(
 ):
     "The shipped models: list them, ship a checkpoint, write a model card, print or run a recipe."
     acts = ('list', 'ship', 'card', 'recipe', 'retrain')
-    if not args or len(args) > 2: raise VMLInputError(f"usage: vml-model ACTION [NAME], ACTION one of {', '.join(acts)}", field='action')
+    if not args or len(args) > 2: raise VMLInputError(f"usage: vml-calo-model ACTION [NAME], ACTION one of {', '.join(acts)}", field='action')
     action, name = args[0], (args[1] if len(args) > 1 else None)
     if action not in acts: raise VMLInputError(f"unknown action {action!r}; choose one of {', '.join(acts)}", field='action')
     if action == 'list': print(models_table()); return
-    if not name: raise VMLInputError(f"give the model name: vml-model {action} NAME (shipped: {', '.join(PRETRAINED)})", field='name')
+    if not name: raise VMLInputError(f"give the model name: vml-calo-model {action} NAME (shipped: {', '.join(PRETRAINED)})", field='name')
     p = pretrained(name)
     if action == 'ship':
         if not checkpoint: raise VMLInputError("required", field='--checkpoint')
         f = ship(name, Path(checkpoint).expanduser(), train_minutes, half=not fp32)
-        print(f"{f}: {f.stat().st_size/2**20:.2f} MiB; card started in {f.with_suffix('.json')} (next: vml-model card {name})")
+        print(f"{f}: {f.stat().st_size/2**20:.2f} MiB; card started in {f.with_suffix('.json')} (next: vml-calo-model card {name})")
     elif action == 'card' and md_only:
         card = load_card(name)
-        if card is None: raise VMLInputError(f"no card yet: vml-model card {name}", field='model')
+        if card is None: raise VMLInputError(f"no card yet: vml-calo-model card {name}", field='model')
         (models_dir()/f'{name}.md').write_text(card_markdown(card)); write_models_readme()
         print(f"{models_dir()/f'{name}.md'} rewritten from its JSON")
     elif action == 'card':

@@ -25,7 +25,7 @@ def calibrate_readout(G: Generator, data, n: int | None = None, n_ref: int | Non
     for the conditions of the first `n` showers (global threshold off, no read-out) against the first `n_ref` (None: all);
     sets the buffers and switches the read-out on. With `layer_map`, then the map of the layer energies (`fit_slice_map`,
     fitted on the cell read-out's output). More showers give less noisy quantiles and a better map, at the cost of one
-    generator pass over their conditions: the recipe (`vml-train-gan`, `vml-select-gan`) fits on all training rows.
+    generator pass over their conditions: the recipe (`vml-calo-train-gan`, `vml-calo-select-gan`) fits on all training rows.
     → the fit (dict of tensors)."""
     check_not_heldout(data, 'read-out calibration')
     n, n_ref = n or len(data), n_ref or len(data)

@@ -17,6 +17,7 @@ from ..core import VMLInputError, cli_errors, atomic_write, save_json, cache_dir
 from .gan import load_gan, standing_bn, cond_array
 from .readout import calibrate_readout
 from ..datasets import check_not_heldout
+from ..nnutil import load_checkpoint
 
 # %% auto #0
 __all__ = ['shared_rows', 'select_snapshot', 'plot_selection', 'vml_select_gan']
@@ -50,16 +51,16 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int | None = 2000, see
     if last < 1: raise VMLInputError("last must be >= 1", field='last')
     paths = sorted((ckpt_dir/'snapshots').glob('ema_*.pt'))
     if paths and max_minutes is not None:
-        paths = [p for p in paths if torch.load(p, map_location='cpu', weights_only=False).get('seconds', math.inf) <= max_minutes*60]
+        paths = [p for p in paths if load_checkpoint(p, '3DGAN snapshot', match={'model_type': 'gan'}).get('seconds', math.inf) <= max_minutes*60]
         if not paths: raise VMLInputError(f"no snapshots within the first {max_minutes} minutes of training", field='max_minutes')
     paths = paths[-int(last):]
-    if not paths: raise VMLInputError("no snapshots here: train with snapshot_every (vml-train-gan --snapshot-every N)", file=ckpt_dir/'snapshots')
+    if not paths: raise VMLInputError("no snapshots here: train with snapshot_every (vml-calo-train-gan --snapshot-every N)", file=ckpt_dir/'snapshots')
     check_not_heldout(data, 'model selection')
     if valid is None:
         raise VMLInputError("no validation showers: give `valid`, showers the run did not train on (e.g. the dataset's 'valid' "
                             "split); on training rows the snapshot that memorised them would win", field='valid')
     check_not_heldout(valid, 'model selection')
-    trained = torch.load(paths[-1], map_location='cpu', weights_only=False).get('sources')
+    trained = load_checkpoint(paths[-1], '3DGAN snapshot', match={'model_type': 'gan'}).get('sources')
     for what, rows in (('the read-out rows (data)', data.attrs.get('sources')), ("the run's training rows", trained)):
         hit = shared_rows(valid.attrs.get('sources'), rows)
         if hit: raise VMLInputError(f"rows {hit[1]}-{hit[2] - 1} of the validation showers are also {what}: validate on other rows",
@@ -77,7 +78,7 @@ def select_snapshot(ckpt_dir, data, last: int = 8, n_val: int | None = 2000, see
         it = tqdm(paths, desc='snapshots', unit='snapshot')
     for p in it:
         t0 = time.perf_counter()
-        ck = torch.load(p, map_location='cpu', weights_only=False)
+        ck = load_checkpoint(p, '3DGAN snapshot', match={'model_type': 'gan'})
         G = load_gan(ck); cfg = G.cfg
         if standing: standing_bn(G, torch.tensor(cond_array(data, cfg.conds)))
         if readout != 0: calibrate_readout(G, data, n=readout, n_ref=readout)
@@ -110,13 +111,13 @@ def plot_selection(rows: list, path=None):
 
 # %% ../../nbs/15c_calo.select.ipynb #c81ca3e1
 @call_parse
-@cli_errors('vml-select-gan')
+@cli_errors('vml-calo-select-gan')
 def vml_select_gan(
     name: str = 'ds2_electrons', # Run name (checkpoint folder under the cache)
     ckpt_dir: str = None,        # Checkpoint folder (default: <cache>/gan/<name>)
     data: str = 'g4-electrons',  # The run's training data: a shipped dataset name (its 'train' rows) or an HDF5 file
-    start: int = 0,              # First training row (as given to vml-train-gan)
-    stop: int = None,            # Row after the last training row (as given to vml-train-gan)
+    start: int = 0,              # First training row (as given to vml-calo-train-gan)
+    stop: int = None,            # Row after the last training row (as given to vml-calo-train-gan)
     valid: str = None,           # Validation showers the run did not train on: a split of a shipped --data (default 'valid') or an HDF5 file (required with a file)
     geometry: str = None,        # Mesh of the file (default: inferred)
     last: int = 8,               # Compare the last N snapshots
