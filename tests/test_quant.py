@@ -1,12 +1,14 @@
 "quant wing: console script, INT8 ONNX in ONNX Runtime, PT2E static INT8, QAT trains and exports (issue 9)."
-import json, subprocess, sys
+import json, sys, time
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run, one_line_error
 
-VENV_BIN = Path(sys.executable).parent
+BENCH = 'vml-quant-bench'
+PROG = BENCH
 
 
 def _standin(width=0.25, seed=0):
@@ -24,18 +26,34 @@ def _inputs(G, n, seed):
 
 
 def _run(*args):
-    return subprocess.run([str(VENV_BIN/'vml-bench'), *args], capture_output=True, text=True, timeout=600)
+    return run(BENCH, *args)
 
 
 def test_bench_bad_input():
-    r = _run('--configs', '2-1')
-    assert r.returncode == 2 and 'threads x streams' in r.stderr and r.stderr.count('\n') == 1
-    r = _run('--gan', '/nonexistent/ck.pt')
-    assert r.returncode == 2 and 'checkpoint not found' in r.stderr
-    r = _run('--methods', 'fp32,int4')
-    assert r.returncode == 2 and 'unknown methods' in r.stderr
-    r = _run('--gan', 'none')
-    assert r.returncode == 2 and 'needs --dit' in r.stderr
+    one_line_error(_run('--configs', '2-1'), PROG, 'threads x streams')
+    one_line_error(_run('--gan', '/nonexistent/ck.pt'), PROG, 'checkpoint not found')
+    one_line_error(_run('--methods', 'fp32,int4'), PROG, 'unknown methods')
+    one_line_error(_run('--gan', 'none'), PROG, 'needs --dit')
+
+
+def test_run_bench_known_cost():
+    "Throughput of a variant whose cost is known (it sleeps 0.2 s per call): batch/0.2 showers/s, twice that on two streams, no CPU."
+    from vallecorsa_ml.quant.ptq import Variant, g4_conditions
+    from vallecorsa_ml.quant.bench import run_bench
+    G = _standin()
+    sleep = Variant('sleep', 'python', lambda *x: time.sleep(0.2) or torch.zeros(len(x[0]), 1))
+    res = run_bench(G, 'g', methods=['fp32'], batches=[8], configs=[(1, 1), (1, 2)], repeats=3, n_calib=16,
+                    extra={'sleep': sleep}, log=lambda *a: None)
+    rows = {(r['method'], r['streams']): r for r in res['rows']}
+    assert set(rows) == {('fp32', 1), ('fp32', 2), ('sleep', 1), ('sleep', 2)}
+    s1, s2 = rows['sleep', 1], rows['sleep', 2]
+    assert s1['showers_per_s'] == pytest.approx(8/0.2, rel=0.25)        # a loaded machine oversleeps a little
+    assert 1.5 < s2['showers_per_s']/s1['showers_per_s'] < 2.5          # two streams overlap their sleeps
+    assert s1['ms_per_shower'] == pytest.approx(200/8, rel=0.25) and s1['cpu_s_per_shower'] < 2e-3
+    assert rows['fp32', 1]['x_fp32'] == 1.0
+    # Geant4's CPU time: the README's 4.9 ms per GeV at the mean energy of the calibration rows
+    e = g4_conditions(16, 'electrons', seed=0)['energies_MeV']
+    assert res['g4_s_per_shower'] == pytest.approx(4.9e-3*np.mean(e)/1e3, rel=1e-9)
 
 
 def test_bench_end_to_end(tmp_path):
@@ -48,10 +66,7 @@ def test_bench_end_to_end(tmp_path):
     res = json.loads((tmp_path/'o'/'bench.json').read_text())['gan']
     assert len(res['rows']) == 3*2
     for row in res['rows']:
-        assert row['showers_per_s'] > 0
         if row['method'] == 'fp32': assert row['x_fp32'] == pytest.approx(1.0)
-        # speed-up over Geant4 = README CPU time at these energies / measured CPU time per shower
-        assert row['speedup_vs_g4'] == pytest.approx(res['g4_s_per_shower']/row['cpu_s_per_shower'], rel=1e-6)
         # × the fastest FP32 route of the same configuration: never above × eager FP32, and 1 for that route
         assert row['x_best_fp32'] <= row['x_fp32'] + 1e-9
     for st in (1, 2):
@@ -61,7 +76,19 @@ def test_bench_end_to_end(tmp_path):
     fid = res['fidelity']
     assert set(fid) == {'fp32', 'fp32-compile', 'ort-int8'} and fid['fp32']['dauc'] == 0 and fid['fp32']['rel_err'] == 0
     assert fid['fp32-compile']['rel_err'] < 1e-4 and 0 < fid['ort-int8']['rel_err'] < 0.08
-    assert 0 <= fid['ort-int8']['auc_vs_fp32'] <= 1 and 0 <= fid['ort-int8']['sep_cell_spectrum'] <= 1
+    assert fid['fp32']['auc'] > 0.9                     # an untrained stand-in is told from Geant4 at once
+    assert abs(fid['fp32-compile']['dauc']) < 0.02      # the same showers (to float rounding) score the same against Geant4,
+    assert fid['fp32-compile']['auc_vs_fp32'] < 0.75    # and cannot be told from the FP32 showers (0.5: chance)
+    # the speed-up over Geant4 against a CPU time per shower measured here (1 thread, same batch): the same within 4x
+    torch.set_num_threads(1)
+    x = _inputs(G, 8, 5)
+    with torch.no_grad():
+        G(*x)
+        c0 = time.process_time()
+        for _ in range(5): G(*x)
+        cpu = (time.process_time() - c0)/40
+    fp = next(r for r in res['rows'] if r['method'] == 'fp32' and r['streams'] == 1)
+    assert 0.25 < fp['speedup_vs_g4']/(res['g4_s_per_shower']/cpu) < 4, (fp['speedup_vs_g4'], res['g4_s_per_shower']/cpu)
     assert abs(fid['ort-int8']['occupancy'] - fid['fp32']['occupancy']) < 0.02
     assert (tmp_path/'o'/'throughput.png').stat().st_size > 1000
     assert '| gan | ort-int8 |' in r.stdout
@@ -95,8 +122,9 @@ def test_pt2e_static_and_torchao_dynamic_close_to_fp32():
 
 
 def test_qat_trains_and_exports(tmp_path):
-    from vallecorsa_ml.quant.qat import qat_generator, qat_finetune, export_qat_onnx, onnx_op_counts
-    from vallecorsa_ml.quant.ptq import ort_session, rel_err
+    from vallecorsa_ml.quant.qat import qat_generator, qat_finetune, export_qat_onnx
+    from vallecorsa_ml.quant.ptq import rel_err
+    from vallecorsa_ml.onnx_io import ort_session, onnx_op_counts
     G = _standin()
     Q = qat_generator(G)
     e = np.geomspace(2e3, 9e4, 64)
@@ -178,7 +206,12 @@ def test_calib_inputs_two_stage_dit():
     torch.manual_seed(0)
     D = DiTGenerator(CaloDiT(DiTConfig(dim=32, depth=1, heads=2, layer_model=True)), detector=1, steps=4).eval()
     x, s, c = calib_inputs(D, [2e4, 5e4, 8e4], [1.8, 2.0, 2.1], [0.1, 0.2, 0.3], seed=0)
-    assert c.shape == (3, 49) and torch.equal(c[:, 3], torch.ones(3))
-    L = D.model.layer_tf.inverse(c[:, 4:])
-    assert torch.isfinite(L).all() and (L >= 0).all()
+    assert c.shape == (3, 49)
+    # the packed conditions by hand: log10(E / 10 GeV), theta - pi/2, phi, detector id (photons: 1)
+    hand = torch.tensor([[np.log10(e/1e4), t - np.pi/2, p, 1.0] for e, t, p in ((2e4, 1.8, 0.1), (5e4, 2.0, 0.2), (8e4, 2.1, 0.3))])
+    assert torch.allclose(c[:, :4], hand.float(), atol=1e-6)
+    # columns 4..48 are stage 1's layer energies, snapped to the readout (zero below the threshold): a fixed point of the transform
+    tf = D.model.layer_tf
+    assert torch.allclose(tf(tf.inverse(c[:, 4:])), c[:, 4:], atol=1e-4)
+    assert not torch.allclose(calib_inputs(D, [2e4, 5e4, 8e4], [1.8, 2.0, 2.1], [0.1, 0.2, 0.3], seed=1)[2][:, 4:], c[:, 4:])   # drawn per seed
     with torch.no_grad(): assert D(x, s, c).shape == x.shape
