@@ -1,29 +1,21 @@
-"""Shipped models (issue: a fresh clone is the product): vml-model, vml-generate --model, the model cards' held-out
+"""Shipped models (issue: a fresh clone is the product): vml-calo-model, vml-calo-generate --model, the model cards' held-out
 figures reproduced from the files, the held-out rows kept out of training, damaged files refused."""
 import os, re, sys, json, shutil, subprocess
+from functools import partial
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
 
+import helpers
+from helpers import one_line_error
 from vallecorsa_ml.core import VMLInputError, data_dir
 from vallecorsa_ml.datasets import split_rows
 from vallecorsa_ml.calo.data import load_g4, read_showers, g4_path
 from vallecorsa_ml.calo.metrics import classifier_test
 from vallecorsa_ml.calo.pretrained import PRETRAINED, load_card, load_pretrained, models_dir
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, 'OMP_NUM_THREADS': '2'}
-
-
-def run(*args):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=900, env=ENV)
-
-
-def one_line_error(r, prog, text):
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    err = r.stderr.strip()
-    assert err.startswith(f'{prog}: error:') and text in err and len(err.splitlines()) == 1, err
+run = partial(helpers.run, threads=2, timeout=900)
 
 
 def test_models_ship_with_cards():
@@ -48,22 +40,22 @@ def test_models_ship_with_cards():
 
 
 def test_vml_model_cli():
-    r = run('vml-model', 'list')
+    r = run('vml-calo-model', 'list')
     assert r.returncode == 0, r.stderr
     for name in PRETRAINED:
         card = load_card(name)
         assert name in r.stdout and f"{card['heldout'][next(iter(card['heldout']))]['cls_high_auc_mean']:.3f}" in r.stdout
-    r = run('vml-model', 'recipe', 'dit-ds2')
+    r = run('vml-calo-model', 'recipe', 'dit-ds2')
     assert r.returncode == 0 and r.stdout.split('\n')[0] == PRETRAINED['dit-ds2'].recipe[0].replace('{cache}', str(data_dir()))
-    one_line_error(run('vml-model', 'card', 'gpt-ds2'), 'vml-model', "unknown model 'gpt-ds2'; shipped models: dit-ds2, 3dgan-ds2")
-    one_line_error(run('vml-model'), 'vml-model', 'usage: vml-model ACTION [NAME]')
-    one_line_error(run('vml-model', 'ship', 'dit-ds2'), 'vml-model', "'--checkpoint': required")
+    one_line_error(run('vml-calo-model', 'card', 'gpt-ds2'), 'vml-calo-model', "unknown model 'gpt-ds2'; shipped models: dit-ds2, 3dgan-ds2")
+    one_line_error(run('vml-calo-model'), 'vml-calo-model', 'usage: vml-calo-model ACTION [NAME]')
+    one_line_error(run('vml-calo-model', 'ship', 'dit-ds2'), 'vml-calo-model', "'--checkpoint': required")
 
 
 def test_generate_by_name_under_heldout_conditions(tmp_path):
-    "vml-generate --model NAME --conditions DATASET:SPLIT: one shower per held-out row, under that row's conditions."
+    "vml-calo-generate --model NAME --conditions DATASET:SPLIT: one shower per held-out row, under that row's conditions."
     out = tmp_path/'g.h5'
-    r = run('vml-generate', '--model', 'dit-ds2', '--conditions', 'g4-photons:test', '--n', 12, '--steps', 4, '--out', out)
+    r = run('vml-calo-generate', '--model', 'dit-ds2', '--conditions', 'g4-photons:test', '--n', 12, '--steps', 4, '--out', out)
     assert r.returncode == 0, r.stderr
     g, ref = read_showers(out), load_g4('photons', 'test', n=12)
     np.testing.assert_allclose(g.energies, ref.energies, rtol=1e-6)
@@ -71,15 +63,15 @@ def test_generate_by_name_under_heldout_conditions(tmp_path):
     nz = g.showers[g.showers > 0]
     assert nz.min() >= 5e-4 and 0.02 < (g.flat.sum(1)/g.energies).mean() < 0.05    # W/Si photons: E_mesh/E ≈ 0.032
     assert g.attrs['detector'] == 'g4_photons'
-    r = run('vml-generate', '--model', 'dit-ds2', '--conditions', 'g4-electrons:test', '--n', 3, '--steps', 2, '--out', tmp_path/'e.h5')
+    r = run('vml-calo-generate', '--model', 'dit-ds2', '--conditions', 'g4-electrons:test', '--n', 3, '--steps', 2, '--out', tmp_path/'e.h5')
     assert r.returncode == 0 and read_showers(tmp_path/'e.h5').attrs['detector'] == 'g4_electrons', r.stderr   # the detector of the conditions
-    r = run('vml-generate', '--model', '3dgan-ds2', '--energies', '10-100GeV', '--n', 30, '--out', tmp_path/'h.h5')
+    r = run('vml-calo-generate', '--model', '3dgan-ds2', '--energies', '10-100GeV', '--n', 30, '--out', tmp_path/'h.h5')
     assert r.returncode == 0, r.stderr
     assert len(read_showers(tmp_path/'h.h5')) == 30
-    one_line_error(run('vml-generate', '--model', 'gpt-ds2', '--out', tmp_path/'x.h5'), 'vml-generate', 'shipped models: dit-ds2, 3dgan-ds2')
-    one_line_error(run('vml-generate', '--model', 'dit-ds2', '--checkpoint', 'x.pt', '--out', tmp_path/'x.h5'), 'vml-generate', 'either --model')
-    one_line_error(run('vml-generate', '--model', '3dgan-ds2', '--raw', '--out', tmp_path/'x.h5'), 'vml-generate', 'only the EMA weights')
-    one_line_error(run('vml-generate', '--model', 'dit-ds2', '--conditions', 'g4-muons:test', '--out', tmp_path/'x.h5'), 'vml-generate', "unknown dataset 'g4-muons'")
+    one_line_error(run('vml-calo-generate', '--model', 'gpt-ds2', '--out', tmp_path/'x.h5'), 'vml-calo-generate', 'shipped models: dit-ds2, 3dgan-ds2')
+    one_line_error(run('vml-calo-generate', '--model', 'dit-ds2', '--checkpoint', 'x.pt', '--out', tmp_path/'x.h5'), 'vml-calo-generate', 'either --model')
+    one_line_error(run('vml-calo-generate', '--model', '3dgan-ds2', '--raw', '--out', tmp_path/'x.h5'), 'vml-calo-generate', 'only the EMA weights')
+    one_line_error(run('vml-calo-generate', '--model', 'dit-ds2', '--conditions', 'g4-muons:test', '--out', tmp_path/'x.h5'), 'vml-calo-generate', "unknown dataset 'g4-muons'")
     assert not (tmp_path/'x.h5').exists()
 
 
@@ -87,9 +79,9 @@ def test_gan_card_reproduced_from_the_shipped_file(tmp_path):
     "The 3DGAN card's held-out cls-high AUC and response, recomputed through the console scripts, within the card's noise."
     card = load_card('3dgan-ds2')['heldout']['g4-electrons']
     out = tmp_path/'g.h5'
-    r = run('vml-generate', '--model', '3dgan-ds2', '--conditions', 'g4-electrons:test', '--out', out, '--seed', 0)
+    r = run('vml-calo-generate', '--model', '3dgan-ds2', '--conditions', 'g4-electrons:test', '--out', out, '--seed', 0)
     assert r.returncode == 0, r.stderr
-    r = run('vml-evaluate', out, 'g4-electrons:test', '--out', tmp_path/'ev', '--no-plots', '--no-fpd')
+    r = run('vml-calo-evaluate', out, 'g4-electrons:test', '--out', tmp_path/'ev', '--no-plots', '--no-fpd')
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path/'ev'/'metrics.json').read_text())
     assert m['n_gen'] == m['n_ref'] == card['n']
@@ -108,15 +100,15 @@ def test_damaged_model_files_refused(tmp_path):
         (tmp_path/f'{name}.json').unlink()
         with pytest.raises(VMLInputError, match='not a readable checkpoint'): load_pretrained(name, folder=tmp_path)
         (tmp_path/p.file).unlink()
-        with pytest.raises(VMLInputError, match=f'vml-model retrain {name}'): load_pretrained(name, folder=tmp_path)
+        with pytest.raises(VMLInputError, match=f'vml-calo-model retrain {name}'): load_pretrained(name, folder=tmp_path)
 
 
 def test_heldout_rows_refused_by_every_trainer(tmp_path):
     "Training, calibration and selection refuse the held-out rows, whichever way they are given."
-    r = run('vml-train-gan', '--data', g4_path('electrons'), '--max-steps', 1, '--ckpt-dir', tmp_path/'g')
-    one_line_error(r, 'vml-train-gan', "rows 6000-7999 are the held-out test rows of 'g4-electrons'")
-    r = run('vml-train-gan', '--data', g4_path('photons'), '--start', 2990, '--stop', 3001, '--max-steps', 1, '--ckpt-dir', tmp_path/'g')
-    one_line_error(r, 'vml-train-gan', "rows 3000-3000 are the held-out test rows of 'g4-photons'")
+    r = run('vml-calo-train-gan', '--data', g4_path('electrons'), '--max-steps', 1, '--ckpt-dir', tmp_path/'g')
+    one_line_error(r, 'vml-calo-train-gan', "rows 6000-7999 are the held-out test rows of 'g4-electrons'")
+    r = run('vml-calo-train-gan', '--data', g4_path('photons'), '--start', 2990, '--stop', 3001, '--max-steps', 1, '--ckpt-dir', tmp_path/'g')
+    one_line_error(r, 'vml-calo-train-gan', "rows 3000-3000 are the held-out test rows of 'g4-photons'")
     from vallecorsa_ml.calo.diffusion import train_dit, calibrate_thresholds, retrain_stage1
     from vallecorsa_ml.calo.readout import calibrate_readout
     te = load_g4('photons', 'test', n=40)
