@@ -1,52 +1,52 @@
 "Diffusion transformer (issue 5): console scripts, bad input, end to end on a few shipped Geant4 showers."
-import math, subprocess, sys
+import math
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run, one_line_error
 
-BIN = Path(sys.executable).parent
+TRAIN, GENERATE = 'vml-calo-train-dit', 'vml-calo-generate'
+# the error prefix of vml-calo-generate is set in calo.generators (another wing): either name until the merge
+GEN_PROG = 'vml-calo-generate' if "cli_errors('vml-calo-generate')" in Path(__import__('vallecorsa_ml.calo.generators', fromlist=['x']).__file__).read_text() \
+    else 'vml-generate'
 
 
-def _run(*args, cwd=None):
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
+def _run(*args):
+    return run(*args, timeout=600)
 
 
 def test_cli_bad_input(tmp_path):
-    r = _run(BIN/'vml-train-dit', '--ckpt', tmp_path/'none.pth', '--resume')
-    assert r.returncode == 2 and r.stderr.strip().startswith('vml-train-dit: error:') and 'nothing to resume' in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    r = _run(BIN/'vml-train-dit', '--ckpt', tmp_path/'x.pth', '--patch', '4,4,9')
-    assert r.returncode == 2 and 'does not divide' in r.stderr
-    r = _run(BIN/'vml-generate', '--checkpoint', tmp_path/'missing.pth', '--out', tmp_path/'o.h5')
-    assert r.returncode == 2 and 'checkpoint not found' in r.stderr
-    bad = tmp_path/'bad.pth'; bad.write_text('not a checkpoint')
-    r = _run(BIN/'vml-generate', '--checkpoint', bad, '--out', tmp_path/'o.h5')
-    assert r.returncode == 2 and 'not a readable checkpoint' in r.stderr
+    one_line_error(_run(TRAIN, '--ckpt', tmp_path/'none.pth', '--resume'), 'vml-calo-train-dit', 'nothing to resume')
+    one_line_error(_run(TRAIN, '--ckpt', tmp_path/'x.pth', '--patch', '4,4,9'), 'vml-calo-train-dit', 'does not divide')
+    one_line_error(_run(GENERATE, '--checkpoint', tmp_path/'missing.pth', '--out', tmp_path/'o.h5'), GEN_PROG, 'checkpoint not found')
+    bad = tmp_path/'bad.pth'
+    bad.write_text('not a checkpoint')
+    one_line_error(_run(GENERATE, '--checkpoint', bad, '--out', tmp_path/'o.h5'), GEN_PROG, 'not a readable checkpoint')
 
 
 def test_train_resume_generate_end_to_end(tmp_path):
     ck = tmp_path/'dit.pth'
     common = ['--ckpt', ck, '--dim', 32, '--depth', 1, '--heads', 2, '--electrons', 48, '--photons', 48, '--pbwo4', 16,
               '--bs', 16, '--quiet']
-    r = _run(BIN/'vml-train-dit', '--epochs', 1, *common)
+    r = _run(TRAIN, '--epochs', 1, *common)
     assert r.returncode == 0, r.stderr
     c1 = torch.load(ck, weights_only=False)
     assert c1['epoch'] == 1 and c1['model_type'] == 'dit'
     # a second run with --resume continues to the same number of epochs: nothing left to do, weights unchanged
-    r = _run(BIN/'vml-train-dit', '--epochs', 1, '--resume', *common)
+    r = _run(TRAIN, '--epochs', 1, '--resume', *common)
     assert r.returncode == 0, r.stderr
     c2 = torch.load(ck, weights_only=False)
     assert all(torch.equal(c1['model'][k], c2['model'][k]) for k in c1['model'])
     # stage 1 retrained alone, with the response coordinate: stage 2 (the EMA weights) kept, written back to the checkpoint
-    r = _run(BIN/'vml-train-dit', '--stage1-only', '--minutes', 0.05, *common)
+    r = _run(TRAIN, '--stage1-only', '--minutes', 0.05, *common)
     assert r.returncode == 0, r.stderr
     c3 = torch.load(ck, weights_only=False)
     assert c3['config']['layer_total'] and c3['meta']['stage1_steps'] > 0 and c3['opt'] is None
     assert all(torch.equal(c2['ema'][k], c3['model'][k]) for k in c2['ema']
                if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max')
     out = tmp_path/'gen.h5'
-    gen = lambda o, *a: _run(BIN/'vml-generate', '--checkpoint', ck, '--out', o, *a)
+    gen = lambda o, *a: _run(GENERATE, '--checkpoint', ck, '--out', o, *a)
     r = gen(out, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'g4_photons')
     assert r.returncode == 0, r.stderr
     from vallecorsa_ml.calo.data import read_showers
@@ -55,7 +55,7 @@ def test_train_resume_generate_end_to_end(tmp_path):
     assert np.all((sd.energies >= 20e3 - 1e-3) & (sd.energies <= 60e3 + 1e-3))
     assert np.all((sd.theta >= 1.9) & (sd.theta <= 2.1))
     nz = sd.showers[sd.showers > 0]
-    assert nz.size == 0 or nz.min() >= 5e-4          # nothing below the cell threshold
+    assert nz.size > 100 and nz.min() >= 5e-4        # showers, and nothing below the cell threshold
     # the same command again gives identical showers (deterministic sampler, fixed seed)
     out2 = tmp_path/'gen2.h5'
     r = gen(out2, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'g4_photons')
@@ -66,29 +66,26 @@ def test_train_resume_generate_end_to_end(tmp_path):
     r = gen(out3, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'pbwo4_photons')
     assert r.returncode == 0, r.stderr
     assert not np.array_equal(read_showers(out3).showers, sd.showers)
-    r = gen(out2, '--energies', 'abcGeV', '--n', 2)
-    assert r.returncode == 2 and 'cannot read energy' in r.stderr
-    r = gen(out2, '--detector', 'lead', '--n', 2)
-    assert r.returncode == 2 and 'unknown detector' in r.stderr
-    r = gen(out2, '--steps', 40, '--n', 2)
-    assert r.returncode == 2 and 'steps' in r.stderr
+    one_line_error(gen(out2, '--energies', 'abcGeV', '--n', 2), GEN_PROG, 'cannot read energy')
+    one_line_error(gen(out2, '--detector', 'lead', '--n', 2), GEN_PROG, 'unknown detector')
+    one_line_error(gen(out2, '--steps', 40, '--n', 2), GEN_PROG, 'steps')
 
 
-def test_phi_periodic_and_mirror():
-    from vallecorsa_ml.calo.diffusion import CaloDiT, DiTConfig
+def test_phi_periodic_embedding():
+    "The φ features of the tokens: 2π-periodic, and one sector further is the same rotation of every harmonic, seam included."
+    from vallecorsa_ml.calo.diffusion import CaloDiT, DiTConfig, phi_fourier
     m = CaloDiT(DiTConfig(dim=32, depth=1, heads=2, patch=(5, 2, 9))).eval()
-    pe = m.pos_embedding().reshape(9, 8, 1, 32)
-    # the phi part of the embedding of token j equals the embedding of the angle of token j shifted by 2 pi
     phis = m.token_phi
+    torch.testing.assert_close(phis, -math.pi + (torch.arange(8) + 0.5)*2*math.pi/8)      # sector centres
     torch.testing.assert_close(m.pos_phi(phis), m.pos_phi(phis + 2*math.pi), atol=1e-5, rtol=0)
-    # neighbouring sectors across the -pi/+pi seam are as alike as any other neighbours (rotation invariance of Fourier features)
-    f = m.pos_phi(phis)
-    d = torch.stack([(f[(j + 1) % 8] - f[j]).norm() for j in range(8)])
-    from vallecorsa_ml.calo.diffusion import phi_fourier
-    g = phi_fourier(phis, 4)
-    dg = torch.stack([(g[(j + 1) % 8] - g[j]).norm() for j in range(8)])
-    torch.testing.assert_close(dg, dg[0].expand(8), atol=1e-5, rtol=0)   # features: equal steps all round, seam included
-    assert pe.shape == (9, 8, 1, 32) and torch.isfinite(d).all()
+    K, step = 4, 2*math.pi/8
+    g = phi_fourier(phis, K)
+    cos, sin = g[:, :K], g[:, K:]
+    k = torch.arange(1, K + 1)*step                 # cos(k(φ+Δ)) = cos kφ cos kΔ − sin kφ sin kΔ, sin(k(φ+Δ)) = sin kφ cos kΔ + cos kφ sin kΔ
+    nxt = torch.cat([cos*torch.cos(k) - sin*torch.sin(k), sin*torch.cos(k) + cos*torch.sin(k)], 1)
+    torch.testing.assert_close(g[[1, 2, 3, 4, 5, 6, 7, 0]], nxt, atol=1e-5, rtol=0)    # token 7 → token 0 across the ±π seam too
+    pe = m.pos_embedding().reshape(9, 8, 1, 32)     # (z, φ, r) tokens: the φ term is shared by every z and r
+    torch.testing.assert_close(pe - m.pos_z[:, None, None] - m.pos_r[None, None], m.pos_phi(phis)[None, :, None].expand(9, 8, 1, 32))
 
 
 def test_onnx_parity(tmp_path):
