@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
 from ..core import *
-from .diffusion import CaloDiT, DiTConfig, load_dit_checkpoint, train_dit, timestep_embedding, layer_energies
+from .diffusion import CaloDiT, DiTConfig, load_dit_checkpoint, train_dit, timestep_embedding, layer_energies, cond_features
 
 # %% auto #0
 __all__ = ['resolution_table', 'DiTRegressor', 'fit_regressor', 'predict']
@@ -47,9 +47,8 @@ class DiTRegressor(nn.Module):
         y = m.transform(showers_MeV)
         n = len(y)
         cond = torch.zeros(n, 4); cond[:, 3] = self.detector
-        feats = torch.stack([cond[:, 0], cond[:, 1], torch.cos(cond[:, 2]), torch.sin(cond[:, 2])], 1)
         sigma = torch.full((n,), m.config.sigma_min)
-        c = m.t_mlp(timestep_embedding(torch.log(sigma)/4*250., 256)) + m.c_mlp(feats) + m.det_emb(cond[:, 3].long())
+        c = m.t_mlp(timestep_embedding(torch.log(sigma)/4*250., 256)) + m.c_mlp(cond_features(cond)) + m.det_emb(cond[:, 3].long())
         s = m.config.sigma_data
         h = m.embed(m.patchify(y/math.sqrt(m.config.sigma_min**2 + s**2))) + m.pos_embedding()[None]
         if m.config.layer_model:     # a two-stage trunk also takes the layer energies: those of the shower itself
