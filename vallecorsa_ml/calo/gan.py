@@ -8,7 +8,7 @@ Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/calo.gan.html.md"""
 
 # %% ../../nbs/15_calo.gan.ipynb #49cadecb
 from __future__ import annotations
-import math, time, random, copy, importlib
+import math, time, random, copy
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -712,11 +712,3 @@ def vml_train_gan(
           f"D loss {h.get('d', float('nan')):.3f}, G loss {h.get('g', float('nan')):.3f}, "
           + ("calibrated read-out" if tr.G_ema.readout_active else f"threshold {float(tr.G_ema.threshold):.3g} MeV"))
     return tr
-
-# %% ../../nbs/15_calo.gan.ipynb #caabee69
-_MOVED = dict(GENERATORS='generators', load_generator='generators', vml_generate='generators', vml_bench_gan='generators',
-              vml_select_gan='select')   # compat: moved to vallecorsa_ml.calo.generators / .select (removed at merge)
-
-def __getattr__(name):   # compat: resolved on first use, as those modules import this one (removed at merge)
-    if name in _MOVED: return getattr(importlib.import_module(f'vallecorsa_ml.calo.{_MOVED[name]}'), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -240,7 +240,7 @@ def report(res: dict) -> str:
 # %% ../../nbs/52_quant.bench.ipynb #b27828e1
 def load_bench_generator(path, kind: str = 'gan') -> nn.Module:
     "A generator checkpoint for the benchmark, in eval mode: a 3DGAN (`kind='gan'`) or a diffusion model (`'dit'`: a `calo` generator checkpoint or a bare `CaloDiT`)."
-    from vallecorsa_ml.calo.gan import load_generator
+    from vallecorsa_ml.calo.generators import load_generator
     p = Path(path)
     if not p.exists(): raise VMLInputError("checkpoint not found", file=p)
     if kind == 'dit':
