@@ -16,9 +16,9 @@ from torch import nn
 from .core import VMLInputError, atomic_write, optional_import
 
 # %% auto #0
-__all__ = ['OPT_LEVELS', 'export_onnx', 'ort_session', 'ort_fn', 'parity', 'onnx_parity', 'onnx_op_counts']
+__all__ = ['OPT_LEVELS', 'export_onnx', 'check_onnx', 'ort_session', 'ort_fn', 'parity', 'onnx_parity', 'onnx_op_counts']
 
-# %% ../nbs/07_onnx_io.ipynb #c5bd6ccd
+# %% ../nbs/07_onnx_io.ipynb #627e8f37
 def export_onnx(model: nn.Module, args: tuple, path: str | os.PathLike, input_names: Sequence[str],
                 output_names: Sequence[str], dynamic_batch: bool = True, opset: int = 17, check: bool = True) -> Path:
     "Export `model(*args)` to ONNX at `path` (legacy exporter, eval mode, dynamic axis 0 when `dynamic_batch`), atomically; `onnx.checker` when `check`."
@@ -33,15 +33,20 @@ def export_onnx(model: nn.Module, args: tuple, path: str | os.PathLike, input_na
             warnings.simplefilter('ignore')
             torch.onnx.export(model, args, str(tmp), input_names=list(input_names), output_names=list(output_names),
                               opset_version=opset, dynamic_axes=axes, dynamo=False)
-            if check: onnx.checker.check_model(str(tmp), full_check=True)
+            if check: check_onnx(tmp)
     finally: model.train(was)
     return path
 
-# %% ../nbs/07_onnx_io.ipynb #821f48b5
+def check_onnx(model_or_path, full: bool = True):
+    "`onnx.checker` on a file or an in-memory `ModelProto` (`full`: with shape inference); raises on an invalid graph."
+    onnx = optional_import('onnx', 'calo')
+    onnx.checker.check_model(model_or_path if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path), full_check=full)
+
+# %% ../nbs/07_onnx_io.ipynb #8f14b684
 OPT_LEVELS = ('disable', 'basic', 'extended', 'all')
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: bool | str = True, profile: str | None = None,
-                n_inputs: int | None = None):
+                n_inputs: int | None = None, save_optimized: str | os.PathLike | None = None):
     "An ONNX Runtime CPU session for the graph at `path` (`threads` intra-op threads, graph optimisation level `optimize`, optional profiling)."
     ort = optional_import('onnxruntime', 'calo')
     p = Path(path)
@@ -57,6 +62,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimize: b
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile)
+    if save_optimized: so.optimized_model_filepath = str(save_optimized)
     try: s = ort.InferenceSession(str(p), so, providers=['CPUExecutionProvider'])
     except Exception as e: raise VMLInputError(f"not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]})", file=p) from None
     if n_inputs is not None and len(s.get_inputs()) != n_inputs:

@@ -15,7 +15,7 @@ import torch.nn as nn
 from fastcore.script import call_parse
 from ..core import (VMLInputError, atomic_write, bench, cli_errors, md_table, provenance, set_threads, check_profile,
                                 pick, run_folder, save_metrics, optional_import)
-from ..onnx_io import export_onnx, ort_session
+from ..onnx_io import export_onnx, ort_session, check_onnx
 from .data import ShowerData, SAMPLING_FRACTION, g4_cpu_seconds
 from .diffusion import CaloDiT, DiTGenerator, DETECTORS
 
@@ -112,11 +112,8 @@ def export_par04(model, path, fmt: str = 'onnx', steps: int = 16, layer_steps: i
             return path
         with atomic_write(path, suffix='.onnx') as tmp:
             export_onnx(pg, (x,), tmp, ['conditions'], ['showers', 'noise', 'layer_noise'], dynamic_batch=False, opset=opset, check=False)
-            if optimize:     # written by ONNX Runtime's basic-level rewrite (`ort_session` cannot save the optimised graph)
-                ort = optional_import('onnxruntime', 'calo')
-                so = ort.SessionOptions(); so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-                so.optimized_model_filepath = str(tmp) + '.opt'; so.log_severity_level = 3
-                ort.InferenceSession(str(tmp), so, providers=['CPUExecutionProvider'])
+            if optimize:     # written by ONNX Runtime's basic-level rewrite
+                ort_session(tmp, optimize='basic', save_optimized=str(tmp) + '.opt')
                 os.replace(str(tmp) + '.opt', tmp)
             m = onnx.load(str(tmp))
             m.ir_version = min(m.ir_version, 8)
@@ -125,7 +122,7 @@ def export_par04(model, path, fmt: str = 'onnx', steps: int = 16, layer_steps: i
             del m.opset_import[:]; m.opset_import.extend(keep)          # ai.onnx.ml 5, which older runtimes refuse to load
             del m.metadata_props[:]
             for k, v in _onnx_meta(pg, seed, source).items(): m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
-            onnx.checker.check_model(m)
+            check_onnx(m, full=False)
             onnx.save(m, str(tmp))
     if seed is not None: par04_set_seed(path, seed)
     return path

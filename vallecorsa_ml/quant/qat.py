@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from ..core import VMLInputError, atomic_write, seed_everything, optional_import
 from .ptq import rel_err, calib_inputs, g4_conditions
-from ..onnx_io import ort_session, onnx_op_counts
+from ..onnx_io import ort_session, onnx_op_counts, check_onnx
 
 # %% auto #0
 __all__ = ['qat_generator', 'distill_loss', 'qat_finetune', 'export_qat_onnx']
@@ -92,5 +92,5 @@ def export_qat_onnx(student: nn.Module, path, batch: int = 2, opset: int = 17) -
         m = onnx.load(str(raw))
         with atomic_write(path, suffix='.onnx') as tmp:
             onnx.save_model(m, str(tmp), save_as_external_data=False)
-            onnx.checker.check_model(str(tmp), full_check=True)
+            check_onnx(tmp)
     return path
