@@ -14,7 +14,7 @@ def flat(p):
     return {f'{k}.{n}': v for k, sd in torch.load(p).items() for n, v in sd.items()}
 
 def test_gan_two_processes_resume_from_one(tmp_path):
-    "1-proc GAN run to epoch 1, resumed by `vml-train --nproc 2` to epoch 3 == uninterrupted 1-proc run; ranks identical."
+    "1-proc GAN run to epoch 1, resumed by `vml-ddp-train --nproc 2` to epoch 3 == uninterrupted 1-proc run; ranks identical."
     targs = dict(n_train=128, n_valid=32, hidden=16, latent=4)
     base = dict(task='profile_gan', task_args=targs, global_batch=32, lr=5e-4, threads=1)
     train(TrainConfig(**base, epochs=1, out=str(tmp_path/'a')))

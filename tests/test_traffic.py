@@ -207,7 +207,7 @@ def test_load_records_counts_what_it_drops(tmp_path, recs):
     assert link_series(r, markers=m).attrs['dropped'] == {'markers_of_unknown_files': 2, 'failed_or_canceled': 3, 'other_link': 0}
 
 
-# ---- quantiles, alarms at a fixed false-alarm rate, vml-traffic --records (issue 23) ----
+# ---- quantiles, alarms at a fixed false-alarm rate, vml-traffic-train --records (issue 23) ----
 def test_pinball_loss_minimised_at_the_sample_quantile():
     import torch
     from vallecorsa_ml.traffic.models import pinball_loss
