@@ -138,3 +138,13 @@ def test_data_folder_is_small_and_added_once():
     if log.returncode != 0: pytest.skip('not a git checkout with the full history')
     changed = [l for l in log.stdout.splitlines() if l.startswith('M') and not l.endswith('.md')]
     assert not changed, f"files in data/ were rewritten: {changed}"
+
+def test_every_module_is_listed_in_the_package_docstring_and_llms_txt():
+    "Each module of the package (not _modidx) appears in `vallecorsa_ml.__doc__` and in nbs/llms.txt."
+    import pkgutil, vallecorsa_ml
+    mods = sorted(m.name for m in pkgutil.walk_packages(vallecorsa_ml.__path__, 'vallecorsa_ml.')
+                  if not m.ispkg and not m.name.rsplit('.', 1)[-1].startswith('_'))
+    assert len(mods) >= 35, mods
+    llms = (ROOT/'nbs'/'llms.txt').read_text()
+    assert [m for m in mods if f'`{m}`' not in vallecorsa_ml.__doc__] == []
+    assert [m for m in mods if f'[{m}]' not in llms] == []

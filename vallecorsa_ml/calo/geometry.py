@@ -1,4 +1,13 @@
-"""Readout meshes of the calorimeter datasets: cylindrical (CaloChallenge dataset 2 and 3, any Par04-style mesh) and Cartesian (3DGAN).
+r"""Readout meshes of the calorimeter datasets: cylindrical (CaloChallenge dataset 2 and 3, any Par04-style mesh) and Cartesian (3DGAN).
+
+A calorimeter shower is an image whose pixels are the energies deposited in the cells of a *readout mesh*. Every
+other notebook of the calo wing (data I/O, the built-in simulator, the physics features, 3DGAN, the diffusion
+transformer) needs to know where a cell is, how big it is and how the flat vector of a file maps onto the 3-D
+array. This notebook is that single source of truth.
+
+Cylindrical meshes follow the Geant4 Par04 / CaloChallenge convention: the axis is the particle direction, `z`
+slices of thickness `dz`, `n_phi` azimuthal sectors starting at $-\pi$, `n_r` rings of width `dr`; the flat index
+is `iz*n_phi*n_r + iphi*n_r + ir`, i.e. a file row reshapes to `(n_z, n_phi, n_r)` = `[z, phi, r]`.
 
 Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/calo.geometry.html.md"""
 
