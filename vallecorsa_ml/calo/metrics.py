@@ -34,7 +34,7 @@ import os, io, copy, math, time, html, base64
 from pathlib import Path
 import numpy as np
 from ..core import (VMLInputError, seed_everything, save_json, check_profile, pick, run_folder, save_metrics,
-                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output, check_memory, set_threads, optional_import)
+                                Timer, bench, bench_table, md_table, cli_errors, cpu_info, check_output, check_memory, set_threads)
 from .geometry import CylMesh, CartMesh, get_geometry
 from .data import (ShowerData, read_showers, load_g4, load_showers, concat_showers, showers_from,
                                      shower_units, to_calochallenge, ENERGY_UNITS)
@@ -562,7 +562,6 @@ def evaluate(gen: ShowerData, ref: ShowerData, out_dir=None, cls=('high',), cls_
     return m
 
 # %% ../../nbs/14_calo.metrics.ipynb #4afda29c
-optional_import('fastcore', 'calo')        # the console scripts' parser: a missing package gives one line naming the extra
 from fastcore.script import call_parse, store_true
 
 @call_parse

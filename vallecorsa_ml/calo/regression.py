@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
 from ..core import *
-from .diffusion import CaloDiT, DiTConfig, load_dit_checkpoint, train_dit, timestep_embedding, layer_energies, cond_features
+from .diffusion import CaloDiT, DiTConfig, train_dit, timestep_embedding, layer_energies, cond_features
 
 # %% auto #0
 __all__ = ['resolution_table', 'DiTRegressor', 'fit_regressor', 'predict']

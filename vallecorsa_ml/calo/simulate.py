@@ -24,8 +24,7 @@ import math, os
 from dataclasses import dataclass, replace, asdict
 import numpy as np
 from scipy.special import gammainc
-from ..core import VMLInputError, cli_errors, seed_everything, bench, bench_table, md_table, cpu_info, check_memory, check_output, optional_import
-optional_import('fastcore', 'calo')        # the console scripts' parser: a missing package gives one line naming the extra
+from ..core import VMLInputError, cli_errors, seed_everything, bench, bench_table, md_table, cpu_info, check_memory, check_output
 from fastcore.script import call_parse
 from .geometry import get_geometry, CylMesh, CartMesh, DS2
 from .data import ShowerData, write_showers

@@ -44,7 +44,7 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1)/warmup_steps)
 
 # %% ../../nbs/60_distributed.ddp.ipynb #ede9d886
-from ..energy import TDP_PER_CORE_W, CARBON_G_PER_KWH, EnergyMeter, energy_account   # the project's one energy account
+from ..energy import TDP_PER_CORE_W, CARBON_G_PER_KWH, EnergyMeter, energy_account, cpu_joules   # the project's one energy account
 
 # %% ../../nbs/60_distributed.ddp.ipynb #c6170dd9
 def unwrap(m: nn.Module) -> nn.Module:
@@ -396,7 +396,7 @@ def _train(cfg, rank, world, local_rank, dev):
     tot = torch.tensor([meter.cpu_s, meter.rapl_j if meter.domains else 0.0], dtype=torch.float64)
     if world > 1: dist.all_reduce(tot)
     cpu_s, rapl_j = float(tot[0]), float(tot[1])
-    joules = rapl_j if meter.domains else cpu_s*cfg.w_per_core
+    joules = rapl_j if meter.domains else cpu_joules(cpu_s, cfg.w_per_core)
     method = meter.method
     summary = {'task': cfg.task, 'world_size': world, 'global_batch': cfg.global_batch, 'per_rank_batch': per_rank,
                'lr': lr, 'lr_rule': cfg.lr_rule, 'epochs': cfg.epochs, 'start_epoch': start, 'device': str(dev),
