@@ -33,7 +33,7 @@ def test_bench_bad_input():
     one_line_error(_run('--configs', '2-1'), PROG, 'threads x streams')
     one_line_error(_run('--gan', '/nonexistent/ck.pt'), PROG, 'checkpoint not found')
     one_line_error(_run('--methods', 'fp32,int4'), PROG, 'unknown methods')
-    one_line_error(_run('--gan', 'none'), PROG, 'needs --dit')
+    one_line_error(_run('--gan', 'none', '--dit', 'none'), PROG, 'nothing to bench')
 
 
 def test_run_bench_known_cost():
@@ -60,7 +60,7 @@ def test_bench_end_to_end(tmp_path):
     G = _standin()
     ck = tmp_path/'g.pt'
     torch.save({'model_type': 'gan', 'cfg': asdict(G.cfg), 'G_ema': G.state_dict(), 'G': G.state_dict(), 'step': 0}, ck)
-    r = _run('--gan', str(ck), '--methods', 'fp32,fp32-compile,ort-int8', '--batches', '8', '--configs', '1x1,1x2',
+    r = _run('--gan', str(ck), '--dit', 'none', '--methods', 'fp32,fp32-compile,ort-int8', '--batches', '8', '--configs', '1x1,1x2',
              '--repeats', '1', '--qat', 'none', '--fidelity', '60', '--cls-epochs', '2', '--out', str(tmp_path/'o'))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path/'o'/'bench.json').read_text())['gan']
@@ -215,3 +215,18 @@ def test_calib_inputs_two_stage_dit():
     assert torch.allclose(tf(tf.inverse(c[:, 4:])), c[:, 4:], atol=1e-4)
     assert not torch.allclose(calib_inputs(D, [2e4, 5e4, 8e4], [1.8, 2.0, 2.1], [0.1, 0.2, 0.3], seed=1)[2][:, 4:], c[:, 4:])   # drawn per seed
     with torch.no_grad(): assert D(x, s, c).shape == x.shape
+
+
+def test_bench_defaults_are_the_shipped_models():
+    "vml-quant-bench's defaults: the shipped 3dgan-ds2 and dit-ds2 (load_pretrained), not cache paths nothing writes."
+    import inspect
+    from vallecorsa_ml.quant.bench import bench_generators, vml_bench
+    from vallecorsa_ml.calo.pretrained import model_path
+    sig = inspect.signature(vml_bench.__wrapped__ if hasattr(vml_bench, '__wrapped__') else vml_bench)
+    assert sig.parameters['gan'].default == 'auto' and sig.parameters['dit'].default == 'auto'
+    gens = dict(bench_generators())
+    assert list(gens) == ['3dgan-ds2', 'dit-ds2']
+    ck = torch.load(model_path('3dgan-ds2'), map_location='cpu', weights_only=False)   # the shipped file's weights, read directly
+    w = next(k for k in ck['G_ema'] if k.endswith('weight') and ck['G_ema'][k].ndim > 1)
+    assert torch.equal(gens['3dgan-ds2'].state_dict()[w], ck['G_ema'][w].float())
+    assert type(gens['dit-ds2']).__name__ == 'DiTGenerator' and gens['dit-ds2'].steps == 16

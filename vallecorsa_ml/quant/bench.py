@@ -21,7 +21,7 @@ from ..onnx_io import ort_fn
 
 # %% auto #0
 __all__ = ['OPS_PER_CYCLE', 'count_flops', 'peak_flops', 'g4_seconds', 'time_variants', 'time_variant', 'op_breakdown',
-           'run_bench', 'fidelity', 'bar_chart', 'report', 'load_bench_generator', 'vml_bench']
+           'run_bench', 'fidelity', 'bar_chart', 'report', 'load_bench_generator', 'bench_generators', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -264,11 +264,26 @@ def _ints(s: str, name: str) -> list:
     return v
 
 # %% ../../nbs/52_quant.bench.ipynb #001da589
+def bench_generators(gan: str = 'auto', dit: str = 'auto') -> list:
+    """The (name, generator) pairs the benchmark times: 'auto' is the shipped model (`load_pretrained('3dgan-ds2')`,
+    `load_pretrained('dit-ds2')`), a path a checkpoint, 'standin' (3DGAN only) an untrained stand-in, 'none' skips."""
+    from vallecorsa_ml.calo.pretrained import load_pretrained
+    gens = []
+    if gan == 'standin':
+        from vallecorsa_ml.calo.gan import Generator, GANConfig
+        torch.manual_seed(0); gens.append(('gan-standin', Generator(GANConfig()).eval()))
+    elif gan == 'auto': gens.append(('3dgan-ds2', load_pretrained('3dgan-ds2').eval()))
+    elif gan not in (None, 'none'): gens.append(('gan', load_bench_generator(gan, 'gan')))
+    if dit == 'auto': gens.append(('dit-ds2', load_pretrained('dit-ds2').eval()))
+    elif dit not in (None, 'none'): gens.append(('dit', load_bench_generator(dit, 'dit')))
+    if not gens: raise VMLInputError("nothing to bench: --gan none needs --dit (and --dit none needs --gan)", field='gan')
+    return gens
+
 @call_parse
 @cli_errors('vml-quant-bench')
 def vml_bench(
-    gan: str = None,              # 3DGAN checkpoint (default: <cache>/gan/ds2_e_recipe/last.pt if present, else an untrained stand-in; 'none': skip)
-    dit: str = None,              # diffusion checkpoint (optional; 'auto': <cache>/calo/dit/dit.pth)
+    gan: str = 'auto',            # 3DGAN: 'auto' (the shipped 3dgan-ds2), a checkpoint path, 'standin' (untrained) or 'none'
+    dit: str = 'auto',            # diffusion model: 'auto' (the shipped dit-ds2), a checkpoint path or 'none'
     methods: str = 'fp32,fp32-compile,bf16,int8-dyn,int8-pt2e-compile,ort-fp32,ort-int8,ort-int8-dyn',  # comma-separated, from quant.ptq.METHODS
     qat: str = 'auto',            # QAT ONNX model of the 3DGAN ('auto': <cache>/quant/gan_qat.onnx if present; 'none')
     batches: str = '16,128',      # batch sizes
@@ -284,22 +299,14 @@ def vml_bench(
     if bad: raise VMLInputError(f"unknown methods {bad}; known: {', '.join(METHODS)}", field='methods')
     cfgs, bs = _configs(configs), _ints(batches, 'batches')
     if repeats < 1: raise VMLInputError("repeats must be >= 1", field='repeats')
-    gens = []
-    ck = Path(gan) if gan else data_dir()/'gan'/'ds2_e_recipe'/'last.pt'
-    if gan == 'none':
-        if not dit: raise VMLInputError("--gan none needs --dit", field='gan')
-    elif gan or ck.exists(): gens.append(('gan', load_bench_generator(ck, 'gan')))
-    else:
-        from vallecorsa_ml.calo.gan import Generator, GANConfig
-        torch.manual_seed(0); gens.append(('gan-standin', Generator(GANConfig()).eval()))
-    if dit: gens.append(('dit', load_bench_generator(data_dir()/'calo'/'dit'/'dit.pth' if dit == 'auto' else dit, 'dit')))
     qp = data_dir()/'quant'/'gan_qat.onnx' if qat == 'auto' else None if qat == 'none' else Path(qat)
     if qp is not None and qat != 'auto' and not qp.exists(): raise VMLInputError("QAT ONNX file not found", file=qp)
+    gens = bench_generators(gan, dit)
     print(f"# vml-quant-bench  {cpu_info()}\n# load average {os.getloadavg()}")
     allres, text = {}, []
     for name, g in gens:
         extra = {}
-        if name.startswith('gan') and qp is not None and qp.exists():
+        if _gen_kind(g) == 'gan' and qp is not None and qp.exists():
             extra['qat-int8'] = lambda th, qp=qp: Variant('qat-int8', 'onnxruntime (brevitas QCDQ)', ort_fn(qp, ['z', 'cond'], th))
         r = run_bench(g, name, ms, bs, cfgs, repeats, n_fid=fidelity, cls_epochs=cls_epochs, extra=extra)
         allres[name] = r; text.append(f"## {name}\n\n" + report(r))
