@@ -20,8 +20,10 @@ from .data import load_g4, ShowerData, g4_cpu_seconds, G4_DATASETS
 from ..nnutil import load_checkpoint
 
 # %% auto #0
-__all__ = ['PRETRAINED', 'G4_DATASETS_INV', 'Pretrained', 'pretrained', 'models_dir', 'model_path', 'pack_checkpoint',
-           'fp16_cost', 'ship', 'load_card', 'load_pretrained', 'judge', 'model_card', 'card_markdown', 'models_table',
+__all__ = ['PRETRAINED', 'G4_DATASETS_INV', 'TABLE_EDGES_GEV', 'SIM_SEEDS', 'SIM_N', 'PHYSICS_COLUMNS', 'PHYSICS_TOLERANCE',
+           'Pretrained', 'pretrained', 'models_dir', 'model_path', 'pack_checkpoint', 'fp16_cost', 'ship', 'load_card',
+           'load_pretrained', 'reference', 'reference_rows', 'shower_shapes', 'physics_table', 'physics_failures',
+           'physics_markdown', 'judge', 'model_card', 'model_table', 'card_markdown', 'models_table',
            'write_models_readme', 'vml_model']
 
 # %% ../../nbs/18_calo.pretrained.ipynb #29fbbe20
@@ -32,7 +34,7 @@ class Pretrained:
     kind: str                     # 'dit' | 'gan' (keys of calo.generators.GENERATORS)
     file: str                     # in models/
     what: str
-    judged_on: tuple              # ((shipped dataset, detector for sample() or None), ...): held-out rows of each
+    judged_on: tuple              # ((reference, detector for sample() or None), ...): a shipped dataset's held-out rows, or a simulated PbWO4 reference (`reference`)
     recipe: tuple                 # shell commands, in order ({cache} = the cache folder)
     training_data: str = ''
 
@@ -43,7 +45,8 @@ PRETRAINED = {p.name: p for p in [
                'Two-stage diffusion transformer (CaloDiT-like) on the CaloChallenge dataset-2 mesh: a layer-energy diffusion '
                '(stage 1) and a DiT on 5×2×9-cell patches (stage 2), EDM + 16 Heun steps, calibrated read-out; one model for '
                'four detectors (Geant4 W/Si e- and γ, simulated PbWO4 e- and γ)',
-               (('g4-photons', 'g4_photons'), ('g4-electrons', 'g4_electrons')),
+               (('g4-photons', 'g4_photons'), ('g4-electrons', 'g4_electrons'), ('pbwo4-electrons', 'pbwo4_electrons'),
+                ('pbwo4-photons', 'pbwo4_photons')),
                (f'vml-calo-train-dit --epochs 74 --threads 1 --no-total --calibrate 0 --seed 0 --ckpt {_DIT_CK}',
                 f'vml-calo-train-dit --stage1-only --stage1-steps 5300 --calibrate 250 --seed 0 --threads 1 --ckpt {_DIT_CK}',
                 f'vml-calo-model ship dit-ds2 --checkpoint {_DIT_CK}',
@@ -206,6 +209,104 @@ def load_pretrained(name: str, folder=None, **kwargs) -> torch.nn.Module:
         raise VMLInputError(f"does not match the sha256 in its card: damaged, or replaced without `vml-calo-model ship {name}`", file=p)
     return load_generator(p, **kwargs)
 
+# %% ../../nbs/18_calo.pretrained.ipynb #b2a29ebe
+TABLE_EDGES_GEV = (1.0, 3.16, 10.0, 31.6, 100.0, 1000.0)   # the table's energy bins: half-decades of the incident energy (GeV)
+SIM_SEEDS = {'valid': 500, 'test': 1000}      # seeds of the simulated PbWO4 references (training: seed 0, `training_parts`)
+SIM_N = 1000                                  # showers per simulated reference
+
+def reference(ds: str, split: str = 'test', n: int | None = None) -> ShowerData:
+    """Reference showers a model is judged on: a shipped Geant4 dataset's rows of `split`, or (`pbwo4-electrons`,
+    `pbwo4-photons`) `SIM_N` showers of the built-in simulator drawn as `calo.diffusion.training_parts` draws the
+    training ones, but with the split's own seed (`SIM_SEEDS`; training used 0), so no shower was seen in training."""
+    if ds in G4_DATASETS_INV: return load_g4(G4_DATASETS_INV[ds], split, n)
+    if ds not in ('pbwo4-electrons', 'pbwo4-photons'):
+        raise VMLInputError(f"unknown reference {ds!r}; choose one of {', '.join([*G4_DATASETS_INV, 'pbwo4-electrons', 'pbwo4-photons'])}", field='data')
+    if split not in SIM_SEEDS: raise VMLInputError(f"simulated references have the splits {', '.join(SIM_SEEDS)}, not {split!r}", field='split')
+    return _simulated(ds, SIM_SEEDS[split], SIM_N)[:n or SIM_N]
+
+def _simulated(ds, seed, n):
+    from vallecorsa_ml.calo.diffusion import training_parts
+    key = (ds, seed, n)
+    if key not in _SIM_CACHE: _SIM_CACHE.update({(d.replace('_', '-'), seed, n): s for s, d in training_parts(0, 0, n, seed=seed)})
+    return _SIM_CACHE[key]
+_SIM_CACHE = {}
+
+def reference_rows(ds: str, split: str, n_rows: int) -> str:
+    "Readable description of the reference rows: 'g4-photons rows 3000–3999', or the simulator, its seed and count."
+    if ds in G4_DATASETS_INV:
+        a, _ = split_rows(ds, split)
+        return f"{ds} rows {a}–{a + n_rows - 1}"
+    return f"{ds}: calo.simulate, seed {SIM_SEEDS[split]}, {n_rows} showers"
+
+
+# %% ../../nbs/18_calo.pretrained.ipynb #8a009cdd
+def shower_shapes(d: ShowerData) -> dict:
+    """Per shower of a cylindrical mesh (N, Z, φ, R), no threshold: the response `E_mesh/E`; the longitudinal centroid
+    and width in layers (energy-weighted mean and standard deviation of the layer index); the radial centroid and
+    width in cells (the same of the ring index + 0.5, i.e. of r in units of the ring width)."""
+    g = d.geometry
+    if len(g.shape) != 3 or type(g).__name__ != 'CylMesh': raise VMLInputError(f"shower shapes need a cylindrical mesh, got {g.name}", field='geometry')
+    x = np.asarray(d.showers, np.float64).reshape(len(d), *g.shape)
+    lz, lr = x.sum((2, 3)), x.sum((1, 2))
+    tot = lz.sum(1); den = np.where(tot > 0, tot, 1.0)
+    z, r = np.arange(g.shape[0], dtype=float), np.arange(g.shape[2], dtype=float) + 0.5
+    out = dict(response=tot/d.energies)
+    for k, p, c in (('long', lz, z), ('radial', lr, r)):
+        m = (p*c).sum(1)/den
+        out[f'{k}_centroid'] = m
+        out[f'{k}_width'] = np.sqrt(np.clip((p*c*c).sum(1)/den - m*m, 0, None))
+    return out
+
+PHYSICS_COLUMNS = {   # column: (what, how it is compared with the reference)
+    'resp_mean': ('mean of E_mesh/E', 'ratio'), 'resp_spread': ('σ of E_mesh/E', 'ratio'),
+    'long_centroid': ('longitudinal centroid [layers]', 'difference'), 'long_width': ('longitudinal width [layers]', 'ratio'),
+    'radial_centroid': ('radial centroid [cells]', 'difference'), 'radial_width': ('radial width [cells]', 'ratio')}
+
+def physics_table(gen: ShowerData, ref: ShowerData, edges_GeV=TABLE_EDGES_GEV, min_n: int = 10) -> list:
+    """Per half-decade of incident energy (`edges_GeV`; bins with ≥ `min_n` reference showers), model against reference: the mean and σ
+    of E_mesh/E as ratios, the mean longitudinal and radial centroids as differences, their mean widths as ratios
+    (`PHYSICS_COLUMNS`); `ref_*` are the reference's own values. `gen` and `ref` may have different rows."""
+    sg, sr = shower_shapes(gen), shower_shapes(ref)
+    eg, er = gen.energies/1e3, ref.energies/1e3
+    rows = []
+    for lo, hi in zip(edges_GeV, edges_GeV[1:]):
+        a, b = (er >= lo*(1 - 1e-6)) & (er < hi*(1 - 1e-6)), (eg >= lo*(1 - 1e-6)) & (eg < hi*(1 - 1e-6))
+        if a.sum() < min_n or b.sum() < 2: continue
+        G = {k: v[b] for k, v in sg.items()}; R = {k: v[a] for k, v in sr.items()}
+        row = dict(E_GeV=f"{lo:g}–{hi:g}", n_ref=int(a.sum()), n_gen=int(b.sum()),
+                   resp_mean=float(G['response'].mean()/R['response'].mean()),
+                   resp_spread=float(G['response'].std(ddof=1)/R['response'].std(ddof=1)),
+                   long_centroid=float(G['long_centroid'].mean() - R['long_centroid'].mean()),
+                   long_width=float(G['long_width'].mean()/R['long_width'].mean()),
+                   radial_centroid=float(G['radial_centroid'].mean() - R['radial_centroid'].mean()),
+                   radial_width=float(G['radial_width'].mean()/R['radial_width'].mean()))
+        row.update(ref_resp_mean=float(R['response'].mean()), ref_resp_spread=float(R['response'].std(ddof=1)),
+                   ref_long_centroid=float(R['long_centroid'].mean()), ref_radial_centroid=float(R['radial_centroid'].mean()))
+        rows.append(row)
+    return rows
+
+# how far from the reference each column may be: what the shipped dit-ds2 passes on a few hundred held-out showers per
+# detector, and what a model whose response is 1.5× too wide, or off by a tenth of a cell or half a layer, fails
+PHYSICS_TOLERANCE = dict(resp_mean=0.03, resp_spread=(0.7, 1.45), long_centroid=0.6, long_width=0.08,
+                         radial_centroid=0.08, radial_width=0.1)
+
+def physics_failures(rows: list, tol: dict = PHYSICS_TOLERANCE) -> list:
+    "The cells of a `physics_table` outside `tol` (ratio columns: |ratio − 1| ≤ t or lo ≤ ratio ≤ hi; differences: |Δ| ≤ t), as readable strings."
+    bad = []
+    for r in rows:
+        for k, t in tol.items():
+            v, kind = r[k], PHYSICS_COLUMNS[k][1]
+            ok = (t[0] <= v <= t[1]) if isinstance(t, tuple) else (abs(v - 1) <= t if kind == 'ratio' else abs(v) <= t)
+            if not ok or not math.isfinite(v): bad.append(f"{r['E_GeV']} GeV {k} = {v:.3f} (tolerance {t})")
+    return bad
+
+def physics_markdown(tables: dict) -> str:
+    "One markdown table of the physics columns, a row per (data, energy decade)."
+    fmt = lambda k, v: f"{v:+.3f}" if PHYSICS_COLUMNS[k][1] == 'difference' else f"{v:.3f}"
+    return md_table([{'data': ds, 'E [GeV]': r['E_GeV'], 'n': r['n_ref'], **{k: fmt(k, r[k]) for k in PHYSICS_COLUMNS}}
+                     for ds, rows in tables.items() for r in rows])
+
+
 # %% ../../nbs/18_calo.pretrained.ipynb #f72de2d3
 def judge(G, kind: str, ref: ShowerData, detector=None, seeds=(0, 1, 2), cls_epochs: int = 50, out_dir=None,
           fpd_kpd: bool = True, plots: bool = True, labels=('model', 'Geant4')) -> dict:
@@ -227,20 +328,20 @@ def judge(G, kind: str, ref: ShowerData, detector=None, seeds=(0, 1, 2), cls_epo
                 response_width_ratio=[float(a/b) if b else float('nan') for a, b in zip(rw['gen']['sigma'], rw['ref']['sigma'])],
                 response_bins_GeV=[round(float(e)/1e3, 2) for e in list(rw['ref']['e_lo']) + [rw['ref']['e_hi'][-1]]],   # evaluate's bins
                 wall_ms_per_shower=1e3*wall_s/len(ref), cpu_ms_per_shower=1e3*cpu_s/len(ref), threads=torch.get_num_threads(),
-                g4_cpu_s_per_shower=g4_s, speedup_vs_g4=g4_s/(cpu_s/len(ref)))
+                g4_cpu_s_per_shower=g4_s, speedup_vs_g4=g4_s/(cpu_s/len(ref)), physics=physics_table(gen, ref))
 
 def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None = None, out_dir=None, folder=None) -> dict:
-    "Judge shipped model `name` on the held-out rows it is sold for; add the results to its card (json + md). → the card."
+    "Judge shipped model `name` on the held-out rows of every detector it is sold for; add the results to its card (json + md). → the card."
     p = pretrained(name)
     card = load_card(name, folder)
     if card is None: raise VMLInputError(f"no card: ship the model first (vml-calo-model ship {name} --checkpoint …)", field='model')
     G = load_pretrained(name, folder)
     held = {}
     for ds, det in p.judged_on:
-        ref = load_g4(G4_DATASETS_INV[ds], 'test', n)
-        a, b = split_rows(ds, 'test')
-        r = judge(G, p.kind, ref, det, seeds, cls_epochs, None if out_dir is None else Path(out_dir)/ds, labels=(name, 'Geant4'))
-        r['rows'] = f"{ds} rows {a}–{a + len(ref) - 1}"
+        ref = reference(ds, 'test', n)
+        r = judge(G, p.kind, ref, det, seeds, cls_epochs, None if out_dir is None else Path(out_dir)/ds,
+                  labels=(name, 'Geant4' if ds in G4_DATASETS_INV else 'simulator'))
+        r['rows'] = reference_rows(ds, 'test', len(ref))
         held[ds] = r
     card['heldout'] = held
     card['card'] = provenance()
@@ -249,6 +350,16 @@ def model_card(name: str, seeds=(0, 1, 2), cls_epochs: int = 50, n: int | None =
     (folder/Path(p.file).with_suffix('.md').name).write_text(card_markdown(card))
     write_models_readme(folder)
     return card
+
+def model_table(name: str, split: str = 'test', n: int | None = None, seed: int = 0, G=None, folder=None) -> dict:
+    "The physics table (`physics_table`) of shipped model `name` (or generator `G` of its kind) on every reference it is judged on, rows of `split`, no classifier: {reference: rows}."
+    p = pretrained(name)
+    G = G if G is not None else load_pretrained(name, folder)
+    out = {}
+    for ds, det in p.judged_on:
+        ref = reference(ds, split, n)
+        out[ds] = physics_table(_sample(G, p.kind, ref, det, seed), ref)
+    return out
 
 # %% ../../nbs/18_calo.pretrained.ipynb #98f7d90e
 def _f(v, nd=3):
@@ -287,7 +398,8 @@ def card_markdown(card: dict) -> str:
                   'also sees the incident energy, so showers drawn at other energies than the reference\'s score a higher AUC '
                   '(`vml-calo-generate --model NAME --conditions DATASET:test` reproduces the card). cls-high AUC: CaloChallenge classifier '
                   '(0.5 = indistinguishable), mean ± sd over the seeds; FPD/KPD on the high-level features; separation powers '
-                  '(0 = identical histograms); CPU time per shower, all threads counted; × Geant4 = its CPU time at the same energies.', '',
+                  '(0 = identical histograms); CPU time per shower, all threads counted; × Geant4 = its CPU time at the same energies.'
+                  + (' PbWO4 rows are judged against a held-out sample of the built-in simulator (`reference`).' if any(k.startswith('pbwo4') for k in card['heldout']) else ''), '',
                   md_table([dict(data=r['rows'], AUC=_f(r['cls_high_auc']), **{'AUC mean ± sd': f"{_f(r['cls_high_auc_mean'])} ± {_f(r['cls_high_auc_sd'])}"},
                                  FPD=f"{_f(r['fpd'], 2)} ± {_f(r['fpd_err'], 2)}", KPD=f"{_f(r['kpd'], 4)} ± {_f(r['kpd_err'], 4)}",
                                  spectrum=_f(r['sep_cell_spectrum'], 4), sep_mean=_f(r['sep_mean'], 4),
@@ -298,6 +410,11 @@ def card_markdown(card: dict) -> str:
         for k, r in card['heldout'].items():
             e = r['response_bins_GeV']
             lines += [md_table([{'data': k, **{f"{a:.3g}–{b:.3g} GeV": _f(w, 2) for a, b, w in zip(e, e[1:], r['response_width_ratio'])}}]), '']
+        phys = {r['rows']: r['physics'] for r in card['heldout'].values() if r.get('physics')}
+        if phys:     # cards written before the physics table render without it
+            lines += ['Shower shapes per half-decade of incident energy, model against reference on the same rows (`physics_table`): '
+                      'mean and σ of E_mesh/E as ratios (1 = the same), mean longitudinal centroid [layers] and radial centroid '
+                      '[cells] as differences (0 = the same), mean widths as ratios.', '', physics_markdown(phys), '']
         cp = card['card']
         lines.append(f"*Held-out figures: `{cp['command']}`, commit `{(cp['commit'] or '?')[:10]}`{' with local changes' if cp.get('dirty') else ''}, "
                      f"{cp['cpu']}, torch {cp['torch']}, {cp['date'][:10]}.*")
@@ -335,7 +452,7 @@ def write_models_readme(folder=None) -> Path:
 @call_parse
 @cli_errors('vml-calo-model')
 def vml_model(
-    *args: str,                  # ACTION [NAME]: list | ship NAME | card NAME | recipe NAME | retrain NAME
+    *args: str,                  # ACTION [NAME]: list | ship NAME | card NAME | table NAME | recipe NAME | retrain NAME
     checkpoint: str = None,      # ship: the trained checkpoint to pack
     train_minutes: float = None, # ship: training minutes, when the checkpoint does not record them
     fp32: bool = False,          # ship: keep float32 weights
@@ -345,9 +462,12 @@ def vml_model(
     out: str = None,             # card: also write the evaluation figures here
     dry_run: bool = False,       # retrain: print the commands only
     md_only: bool = False,       # card: only rewrite the markdown (and models/README.md) from the card's JSON
+    split: str = 'test',         # table: rows of this split (valid: for choosing, test: for judging)
+    n: int = None,               # table: at most this many rows per reference (default: all)
+    seed: int = 0,               # table: noise seed
 ):
-    "The shipped models: list them, ship a checkpoint, write a model card, print or run a recipe."
-    acts = ('list', 'ship', 'card', 'recipe', 'retrain')
+    "The shipped models: list them, ship a checkpoint, write a model card, print the per-detector physics table, print or run a recipe."
+    acts = ('list', 'ship', 'card', 'table', 'recipe', 'retrain')
     if not args or len(args) > 2: raise VMLInputError(f"usage: vml-calo-model ACTION [NAME], ACTION one of {', '.join(acts)}", field='action')
     action, name = args[0], (args[1] if len(args) > 1 else None)
     if action not in acts: raise VMLInputError(f"unknown action {action!r}; choose one of {', '.join(acts)}", field='action')
@@ -358,6 +478,14 @@ def vml_model(
         if not checkpoint: raise VMLInputError("required", field='--checkpoint')
         f = ship(name, Path(checkpoint).expanduser(), train_minutes, half=not fp32)
         print(f"{f}: {f.stat().st_size/2**20:.2f} MiB; card started in {f.with_suffix('.json')} (next: vml-calo-model card {name})")
+    elif action == 'table':
+        if split not in ('valid', 'test'): raise VMLInputError(f"split must be valid or test, got {split!r}", field='split')
+        if n is not None and n < 20: raise VMLInputError(f"n must be at least 20, got {n}", field='n')
+        set_threads(threads)
+        with Timer() as t: tab = model_table(name, split, n, seed)
+        print(physics_markdown(tab)); bad = {ds: physics_failures(r) for ds, r in tab.items()}
+        print('\n'.join(f"outside PHYSICS_TOLERANCE: {ds} {f}" for ds, fs in bad.items() for f in fs) or 'all within PHYSICS_TOLERANCE')
+        print(f"{name}, {split} rows, seed {seed}: {t.seconds/60:.1f} min")
     elif action == 'card' and md_only:
         card = load_card(name)
         if card is None: raise VMLInputError(f"no card yet: vml-calo-model card {name}", field='model')
