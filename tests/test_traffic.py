@@ -173,6 +173,12 @@ def test_link_series_three_transfers_by_hand():
     assert ls['queued_out'].tolist() == [1, 1, 1, 0] and ls['queued_bytes_out'].tolist() == pytest.approx([800, 2000, 2000, 0])
     # moved: 300 | 900+200-300 = 800 | 1200+600-1100 = 700 | 1200+800-1800 = 200
     assert (ls['throughput_out'] * 120 / 8).tolist() == pytest.approx([300, 800, 700, 200])
+    # submissions: X and Y in the first step, Z (10:02) in the second
+    assert ls['submitted_out'].tolist() == [2, 1, 0, 0] and ls['submitted_bytes_out'].tolist() == pytest.approx([2000, 2000, 0, 0])
+    # drain projections, bytes per step: 10:02 X (5 B/s since 10:01, 900 left) 600 then 300; 10:04 X (5 B/s, 300 left) 300
+    # and Y (3.33 B/s since 10:03, 600 left) 400 then 200; 10:06 Y (3.33 B/s, 200 left) 200; 10:08 Z: no progress known
+    for h, b in ((1, [600, 700, 200, 0]), (2, [300, 200, 0, 0]), (3, [0, 0, 0, 0])):
+        assert (ls[f'proj_throughput_{h}_out'] * 120 / 8).tolist() == pytest.approx(b, abs=1e-9), h
     assert ls['traffic_in'].sum() == 0 and ls.attrs['dropped'] == {'other_link': 0}
 
 @pytest.fixture(scope='module')

@@ -20,7 +20,7 @@ import numba
 
 # %% auto #0
 __all__ = ['STEP_S', 'METRICS', 'STATE_METRICS', 'DIRECTIONS', 'COLUMNS', 'STATE_COLUMNS', 'ALL_COLUMNS', 'PROJ_STEPS',
-           'PROJ_COLUMNS', 'TIME_COL', 'SITES', 'RECORD_COLUMNS', 'MARKER_COLUMNS', 'STATES', 'LOG_METRICS',
+           'PROJ_COLUMNS', 'TIME_COL', 'HIDDEN', 'SITES', 'RECORD_COLUMNS', 'MARKER_COLUMNS', 'STATES', 'LOG_METRICS',
            'utilisation', 'waterfill', 'DirectionConfig', 'LinkConfig', 'simulate_link', 'oracle_paths', 'load_traffic',
            'save_traffic', 'simulate_transfers', 'link_series', 'load_records', 'save_records', 'make_windows',
            'chrono_split', 'Scaler', 'calendar_features']
@@ -28,7 +28,7 @@ __all__ = ['STEP_S', 'METRICS', 'STATE_METRICS', 'DIRECTIONS', 'COLUMNS', 'STATE
 # %% ../../nbs/30_traffic.data.ipynb #c75e4413
 STEP_S = 120
 METRICS = ('traffic', 'throughput', 'active_file_size', 'active_transfers', 'queued')
-STATE_METRICS = ('remaining_bytes', 'queued_bytes')
+STATE_METRICS = ('remaining_bytes', 'queued_bytes', 'submitted', 'submitted_bytes')
 DIRECTIONS = ('out', 'in')
 COLUMNS = tuple(f'{m}_{d}' for d in DIRECTIONS for m in METRICS)
 STATE_COLUMNS = tuple(f'{m}_{d}' for d in DIRECTIONS for m in STATE_METRICS)
@@ -268,11 +268,16 @@ def _draw_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start) 
 
 def _bg(bg_det, bg_ar, C): return np.clip(bg_det + bg_ar, 0., 0.6) * C     # bits/s per sample
 
-def _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg):
+def _submitted(arrived, sizes, S, before=0):
+    "Files submitted in each step and their bytes, from the cumulative sub-step arrivals (`before`: files known earlier)."
+    c = np.r_[before, arrived[S - 1::S]].astype(np.int64)
+    return np.diff(c).astype(float), np.diff(np.r_[0., np.cumsum(sizes)][c]) / 8.
+
+def _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg, sub):
     fts_step = fts.reshape(-1, cfg.substeps).sum(1)
     return {'traffic': bg * cfg.step_s + fts_step, 'throughput': fts_step / cfg.step_s,
             'active_file_size': act_size, 'active_transfers': act_n, 'queued': queued,
-            'remaining_bytes': rem_b, 'queued_bytes': q_b}
+            'remaining_bytes': rem_b, 'queued_bytes': q_b, 'submitted': sub[0], 'submitted_bytes': sub[1]}
 
 # %% ../../nbs/30_traffic.data.ipynb #cbbdf4d1
 def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_start, snap=None, rec=False):
@@ -285,7 +290,7 @@ def _simulate_direction(rng, n_steps, cfg: LinkConfig, d: DirectionConfig, t_sta
     fts, act_n, act_size, queued, rem_b, q_b, L, state, recs = _fts_loop(
         r['arrived'], r['sizes'], r['limits'], np.repeat(bg, S), float(C), float(dt), S, cfg.max_active,
         np.empty(cfg.max_active, np.int64), np.empty(cfg.max_active), 0, 0, snap, rec)
-    cols = _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg)
+    cols = _columns(fts, act_n, act_size, queued, rem_b, q_b, bg, cfg, _submitted(r['arrived'], r['sizes'], S))
     ledger = dict(fts_bits=float(fts.sum()), completed_bits=float(L[0]), completed_files=int(L[1]),
                   inflight_moved_bits=float(L[2]), submitted_files=int(r['sizes'].size), started_files=int(L[3]),
                   background_bits=float(bg.sum() * cfg.step_s))
@@ -314,10 +319,15 @@ def simulate_link(days: float = 30, seed: int = 0, cfg: LinkConfig | None = None
     return _simulate(days, seed, cfg, kw, rec=False)[0]
 
 # %% ../../nbs/30_traffic.data.ipynb #38525127
+HIDDEN = ('future_rate', 'queued_limits', 'active_limits')
+
 def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon: int = 5, n_paths: int = 32,
                  cfg: LinkConfig | None = None, replay: bool = False, path_seed: int = 1, max_queue: int = 5000,
-                 **kw) -> np.ndarray:
+                 hide: Sequence[str] = (), **kw) -> np.ndarray:
     "Continuations of `simulate_link(days, seed, cfg, **kw)` after each step in `steps` (sorted): (len(steps), n_paths, horizon, len(ALL_COLUMNS))."
+    bad = [h for h in hide if h not in HIDDEN]
+    if bad: raise VMLInputError(f"unknown hidden part {bad[0]!r} (known: {', '.join(HIDDEN)})", field='hide')
+    if hide and replay: raise VMLInputError("replay continues with the table's own future: nothing can be hidden", field='hide')
     cfg = replace(cfg or LinkConfig(), **kw)
     rng = seed_everything(seed)
     n_steps = int(round(days * 86400 / cfg.step_s))
@@ -331,6 +341,8 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
     phi = cfg.bg_ar
     e_sd = cfg.bg_sd * math.sqrt(1 - phi**2)
     prng = np.random.default_rng(path_seed)
+    hrng = np.random.default_rng([path_seed, 1])                      # the hidden parts' stand-ins: their own stream
+    draw_lim = lambda n: np.minimum(hrng.lognormal(math.log(cfg.limit_median), cfg.limit_sigma, n), cfg.limit_max)
     n_p = 1 if replay else n_paths
     out = np.zeros((steps.size, n_p, horizon, len(ALL_COLUMNS)))
     no_snap = np.zeros(0, np.int64)
@@ -353,7 +365,8 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
                     new_sz, new_lim = r['sizes'][new], r['limits'][new]
                     ar = r['bg_ar'][fut]
                 else:
-                    n_new = prng.poisson(r['lam'][k0:k0 + horizon * S] * dt)
+                    lam = np.full(horizon * S, r['lam'][k0 - 1]) if 'future_rate' in hide else r['lam'][k0:k0 + horizon * S]
+                    n_new = prng.poisson(lam * dt)
                     m = int(n_new.sum())
                     new_sz = _file_sizes(prng, m, cfg) * 8.
                     new_lim = np.minimum(prng.lognormal(math.log(cfg.limit_median), cfg.limit_sigma, m), cfg.limit_max)
@@ -363,11 +376,16 @@ def oracle_paths(days: float, seed: int = 0, steps: Sequence[int] = (), horizon:
                 act[:na] = np.arange(na)
                 rem = np.zeros(cfg.max_active)
                 rem[:na] = s_rem[i, :na]
+                arr, szs = na + q_ids.size + np.cumsum(n_new), np.r_[kn_sz, new_sz]
+                lim = np.r_[kn_lim, new_lim]
+                if 'active_limits' in hide: lim[:na] = draw_lim(na)
+                if 'queued_limits' in hide: lim[na:na + q_ids.size] = draw_lim(q_ids.size)
                 fts, act_n, act_size, queued, rem_b, q_b, L, _, _ = _fts_loop(
-                    na + q_ids.size + np.cumsum(n_new), np.r_[kn_sz, new_sz], np.r_[kn_lim, new_lim], np.repeat(bg, S), C,
+                    arr, szs, lim, np.repeat(bg, S), C,
                     float(dt), S, cfg.max_active, act, rem, na, na, no_snap, False)
                 if q_ids.size < A - head and L[3] > na + q_ids.size: raise RuntimeError("raise max_queue: the queue cut started")
-                cols = _columns(fts, act_n, act_size, queued + (A - head - q_ids.size), rem_b, q_b + cut_b, bg, cfg)
+                cols = _columns(fts, act_n, act_size, queued + (A - head - q_ids.size), rem_b, q_b + cut_b, bg, cfg,
+                                _submitted(arr, szs, S, before=na + q_ids.size))
                 out[i, p][:, cj] = np.stack([cols[m] for m in METRICS + STATE_METRICS], 1)
     return out
 
@@ -532,6 +550,7 @@ def _direction_series(r, markers, g0, step, n):
     cum = lambda t: (np.searchsorted(np.sort(t), G, 'left'), np.r_[0., np.cumsum(size[np.argsort(t, kind='stable')])])
     (ns_, cs_), (nt_, ct_) = cum(sub), cum(sta)
     queued, queued_b = ns_ - nt_, cs_[ns_] - ct_[nt_]
+    submitted, submitted_b = np.diff(ns_), np.diff(cs_[ns_])                      # submitted in [G_j, G_j+1)
     # active (start < G < finish): the (file, sample) pairs
     ok, fok = sta != NEV, fin != NEV
     lo = (np.floor_divide(np.where(ok, sta, g0) - g0, step) + 1).clip(0)                 # first j with G_j > start
@@ -555,12 +574,13 @@ def _direction_series(r, markers, g0, step, n):
     ptr = np.searchsorted(kf, np.arange(len(r) + 1))
     moved = np.empty(pf.size)
     _moved_at(ptr, kt, kb, pf, G[pj], moved)
-    # each active transfer's rate over the last step (or since its start), and what is still running h steps on
+    # each active transfer's rate over the last step (or since its start), and what it moves in step h at that rate
     tprev = np.maximum(G[pj] - step, sta[pf])
     mprev = np.empty(pf.size)
     _moved_at(ptr, kt, kb, pf, tprev, mprev)
     rate = (moved - mprev) / ((G[pj] - tprev) / 1e9)                         # bytes/s
-    proj = {f'proj_throughput_{h}': np.bincount(pj, 8 * rate * (size[pf] - moved > rate * h * step / 1e9), minlength=n + 1)[1:]
+    left, sec = size[pf] - moved, step / 1e9
+    proj = {f'proj_throughput_{h}': np.bincount(pj, 8 * np.minimum(rate, np.maximum(left - rate * (h - 1) * sec, 0) / sec), minlength=n + 1)[1:]
             for h in range(1, PROJ_STEPS + 1)}
     active = np.bincount(pj, minlength=n + 1).astype(float)
     act_size = np.bincount(pj, size[pf], minlength=n + 1)
@@ -573,7 +593,7 @@ def _direction_series(r, markers, g0, step, n):
     return {'traffic': fts_bits, 'throughput': fts_bits / (step / 1e9),
             'active_file_size': np.divide(act_size[s], active[s], out=np.zeros(n), where=active[s] > 0),
             'active_transfers': active[s], 'queued': queued[s].astype(float), 'remaining_bytes': remaining[s],
-            'queued_bytes': queued_b[s], **proj}
+            'queued_bytes': queued_b[s], 'submitted': submitted.astype(float), 'submitted_bytes': submitted_b, **proj}
 
 # %% ../../nbs/30_traffic.data.ipynb #4583c214
 def link_series(records: pd.DataFrame, step: str = '2min', markers: pd.DataFrame | None = None, start=None, end=None,
@@ -706,7 +726,7 @@ def chrono_split(n: int, fracs: Sequence[float] = (0.7, 0.15, 0.15)) -> list[tup
     cuts[-1] = n
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
 
-LOG_METRICS = ('active_file_size', 'active_transfers', 'queued', 'remaining_bytes', 'queued_bytes')
+LOG_METRICS = ('active_file_size', 'active_transfers', 'queued', 'remaining_bytes', 'queued_bytes', 'submitted', 'submitted_bytes')
 
 # %% ../../nbs/30_traffic.data.ipynb #bed64b73
 @dataclass
