@@ -118,3 +118,41 @@ def test_heldout_rows_refused_by_every_trainer(tmp_path):
     dit = load_pretrained('dit-ds2').model
     with pytest.raises(VMLInputError, match='held-out'): calibrate_thresholds(dit, [(te, 'g4_photons')])
     with pytest.raises(VMLInputError, match='held-out'): retrain_stage1(dit, [(te, 'g4_photons')], max_steps=1)
+
+
+def test_physics_table_against_geant4():
+    """The shipped DiT's physics table (issue 24) on 300 held-out rows each of Geant4 photons and electrons, showers under
+    each row's own conditions: every column within PHYSICS_TOLERANCE of Geant4. The same showers with the response made
+    1.5x wider around its mean, or moved one ring outwards, fail it. Two columns are recomputed here independently
+    (calo.features.shower_moments, in mm)."""
+    from vallecorsa_ml.calo.pretrained import reference, physics_table, physics_failures, _sample, TABLE_EDGES_GEV
+    from vallecorsa_ml.calo.features import shower_moments
+    from vallecorsa_ml.calo.data import ShowerData
+    torch.set_num_threads(2)
+    G = load_pretrained('dit-ds2')
+    for ds, det, bins in (('g4-photons', 'g4_photons', ['10–31.6', '31.6–100']),
+                          ('g4-electrons', 'g4_electrons', ['1–3.16', '3.16–10', '10–31.6', '31.6–100'])):
+        ref = reference(ds, 'test', 300)
+        assert ref.attrs['sources'][0][1:] == (split_rows(ds, 'test')[0], split_rows(ds, 'test')[0] + 300)    # the first held-out rows
+        gen = _sample(G, 'dit', ref, det, 0)
+        tab = physics_table(gen, ref)
+        assert [r['E_GeV'] for r in tab] == bins and sum(r['n_ref'] for r in tab) == 300, tab
+        assert physics_failures(tab) == [], (ds, tab)
+        # independent: centroids from the mm moments (ring width 4.65 mm, layer pitch 3.4 mm, centres at (i + 0.5) pitch)
+        e = ref.energies/1e3
+        for r, (lo, hi) in zip(tab, [(float(a), float(b)) for a, b in (x.split('–') for x in bins)]):
+            sel = (e >= lo*(1 - 1e-6)) & (e < hi*(1 - 1e-6))
+            mg, mr = shower_moments(gen[np.flatnonzero(sel & (gen.flat.sum(1) > 0))]), shower_moments(ref[np.flatnonzero(sel)])
+            assert abs(r['ref_radial_centroid'] - mr['r_m1'].mean()/4.65) < 1e-6
+            assert abs(r['ref_long_centroid'] - (mr['z_m1'].mean()/3.4 - 0.5)) < 1e-6
+            assert abs(r['radial_centroid'] - (mg['r_m1'].mean() - mr['r_m1'].mean())/4.65) < 1e-6
+        # broken models fail: the response 1.5x wider around its mean in each bin; every shower one ring further out
+        resp = gen.flat.sum(1)/gen.energies
+        k = np.digitize(e, np.asarray(TABLE_EDGES_GEV)*(1 - 1e-6))
+        mu = np.array([resp[k == j].mean() for j in k])
+        wide = ShowerData(gen.showers*((mu + 1.5*(resp - mu))/resp)[:, None, None, None], gen.energies, gen.theta, gen.phi, gen.geometry)
+        bad = physics_failures(physics_table(wide, ref))
+        assert any('resp_spread' in f for f in bad), (ds, bad)
+        out = np.zeros_like(gen.showers); out[..., 1:] = gen.showers[..., :-1]
+        bad = physics_failures(physics_table(ShowerData(out, gen.energies, gen.theta, gen.phi, gen.geometry), ref))
+        assert any('radial_centroid' in f for f in bad), (ds, bad)
