@@ -7,7 +7,7 @@ Docs: https://vallecorsa-ml.github.io/vallecorsa_ml/quant.bench.html.md"""
 
 # %% ../../nbs/52_quant.bench.ipynb #b132d37b
 from __future__ import annotations
-import os, math, time, re, warnings
+import os, math, time, re, warnings, copy
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
@@ -20,8 +20,10 @@ from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, re
 from ..onnx_io import ort_fn
 
 # %% auto #0
-__all__ = ['OPS_PER_CYCLE', 'count_flops', 'peak_flops', 'g4_seconds', 'time_variants', 'time_variant', 'op_breakdown',
-           'run_bench', 'fidelity', 'bar_chart', 'report', 'load_bench_generator', 'bench_generators', 'vml_bench']
+__all__ = ['OPS_PER_CYCLE', 'ANCHOR', 'count_flops', 'peak_flops', 'g4_seconds', 'time_variants', 'time_variant', 'op_breakdown',
+           'cpu_features', 'torchao_int8_sdpa', 'choose_routes', 'auto_methods', 'run_bench', 'fidelity', 'bar_chart',
+           'report', 'headline', 'fidelity_chart', 'load_bench_generator', 'widen_late_convs', 'gan_layout_study',
+           'bench_generators', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -110,14 +112,70 @@ def op_breakdown(v, inputs: tuple, repeats: int = 3) -> dict:
     out['total'] = sum(out.values())
     return out
 
+# %% ../../nbs/52_quant.bench.ipynb #0c98b659
+import platform
+_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16', 'amx_int8')
+
+def cpu_features(flags=None, model: str | None = None, capability: str | None = None, torch_amx: bool | None = None) -> dict:
+    """This CPU (or the one described by `flags`, `model`, `capability`): model, torch's dispatch level, the flags
+    that decide the inference route, and what they mean: {'model', 'capability', 'flags', 'amx', 'bf16', 'vnni', 'avx2', 'label'}."""
+    here = flags is None
+    if flags is None or model is None:
+        try: lines = Path('/proc/cpuinfo').read_text().splitlines()
+        except OSError: lines = []
+        if flags is None: flags = next((l.split(':', 1)[1].split() for l in lines if l.startswith('flags')), [])
+        if model is None: model = next((l.split(':', 1)[1].strip() for l in lines if l.startswith('model name')), platform.processor() or 'unknown')
+    fl = set(flags)
+    cap = capability if capability is not None else torch.backends.cpu.get_cpu_capability()
+    if torch_amx is None:
+        torch_amx = bool(here and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)())
+    amx = ('amx_int8' in fl and 'amx_tile' in fl) or torch_amx
+    f = dict(model=model, capability=cap, flags=[x for x in _FLAGS if x in fl], amx=bool(amx),
+             bf16=bool('avx512_bf16' in fl or 'amx_bf16' in fl), vnni=bool('avx512_vnni' in fl or 'avx_vnni' in fl or amx),
+             avx2='avx2' in fl)
+    f['label'] = f"{model} ({cap}; {' '.join(f['flags']) or 'no AVX2'})"
+    return f
+
+def torchao_int8_sdpa(feat: dict | None = None) -> str | None:
+    "Why torchao's x86 INT8 SDPA fusion cannot run here (None: it can): it needs AMX for its template, else a CPU kernel of `torchao::qscaled_dot_product`."
+    feat = feat or cpu_features()
+    try: import torchao.ops  # noqa: F401  (registers the op's schema)
+    except ImportError: return "torchao is not installed"
+    if feat['amx']: return None
+    q = torch.zeros(1, 1, 4, 8, dtype=torch.uint8)
+    try: torch.ops.torchao.qscaled_dot_product(q, q, q, None, 0.0, False, None, 1.0, 0, 1.0, 0, 1.0, 0, 1.0, 0, 1.0, 0)
+    except (NotImplementedError, RuntimeError, AttributeError) as e:
+        return f"no AMX for its Inductor template, and its fallback op has no CPU kernel in this torchao build ({type(e).__name__})"
+    return None
+
+def choose_routes(feat: dict | None = None) -> dict:
+    "The variant (`quant.ptq.METHODS`) per precision for this CPU, the attention route, and why."
+    feat = feat or cpu_features()
+    r = dict(fp32='fp32-compile', bf16='bf16' if feat['bf16'] else None, cpu=feat['label'])
+    if feat['vnni']: r['int8'], why = 'int8-pt2e-compile', 'AMX int8 tiles' if feat['amx'] else 'VNNI (vpdpbusd)'
+    elif feat['avx2']: r['int8'], why = 'ort-int8-dyn', 'no VNNI: ONNX Runtime dynamic INT8 (MLAS AVX2 u8s8)'
+    else: r['int8'], why = None, 'no AVX2: INT8 not offered'
+    r['attention'] = 'int8 (torchao qsdpa fusion)' if feat['amx'] else 'fp32 SDPA'   # bf16 SDPA: measured, no faster without AMX
+    r['why'] = f"INT8 GEMMs: {why}; bf16: {'native' if feat['bf16'] else 'not offered (emulated)'}; attention: {r['attention']}"
+    return r
+
+def auto_methods(kind: str = 'dit', routes: dict | None = None) -> list:
+    "The variants `vml-quant-bench --methods auto` times for a generator of `kind` ('dit' | 'gan'): the FP32 baselines (eager, compiled, ONNX Runtime) and this CPU's routes."
+    routes = routes or choose_routes()
+    ms = ['fp32', 'fp32-compile', 'ort-fp32'] + [routes[k] for k in ('bf16', 'int8') if routes.get(k)]
+    if kind == 'dit' and routes.get('bf16') and routes.get('int8') == 'int8-pt2e-compile' and 'torchao' not in routes['attention']:
+        ms.append('int8-pt2e-bf16attn')        # the kept equivalent of INT8 attention, timed beside the plain route
+    ms.append('ort-int8-dyn' if kind == 'dit' else 'ort-int8')
+    return list(dict.fromkeys(ms))
+
 # %% ../../nbs/52_quant.bench.ipynb #b785aa16
 def _gen_kind(gen) -> str: return 'dit' if type(gen).__name__ in ('DiTGenerator', 'CaloDiT') else 'gan'
 
 def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-fp32', 'ort-int8'), batches=(64,),
               configs=((2, 1), (1, 2)), repeats: int = 5, n_calib: int = 256, n_fid: int = 0, cls_epochs: int = 20,
               extra: dict | None = None, ref_kind: str | None = None, seed: int = 0,
-              log=print) -> dict:
-    "Time every method × batch × (threads, streams) of `gen`; optional fidelity vs Geant4. Returns {'rows', 'fidelity', 'best'}."
+              seeds=None, log=print) -> dict:
+    "Time every method × batch × (threads, streams) of `gen`; optional fidelity vs Geant4 (`n_fid` showers per noise seed in `seeds`). Returns {'rows', 'fidelity', 'best'}."
     bad = [m for m in methods if m not in METHODS]
     if bad: raise VMLInputError(f"unknown methods {bad}; known: {', '.join(METHODS)}", field='methods')
     kind = _gen_kind(gen)
@@ -163,7 +221,7 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
     fid = {}
     if n_fid > 0:    # sampled with the variants built for the fewest threads (a shared machine stalls multi-threaded pools)
         set_threads(tmin)
-        try: fid = fidelity(gen, fid_built, n_fid, ref_kind, cls_epochs, seed, fixed=inp)
+        try: fid = fidelity(gen, fid_built, n_fid, ref_kind, cls_epochs, seed, fixed=inp, seeds=seeds)
         finally: set_threads(prev)
     best = {}
     for r in rows:
@@ -171,7 +229,8 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
         if m not in best or r['showers_per_s'] > best[m]['showers_per_s']: best[m] = r
     fpbest = best.get('fp32', {}).get('showers_per_s', float('nan'))
     fpany = max([r['showers_per_s'] for r in best.values() if r['precision'] == 'fp32'], default=float('nan'))
-    fk = ('auc', 'dauc', 'counts', 'auc_vs_fp32', 'rel_err', 'occupancy', 'sep_mean', 'sep_cell_spectrum')
+    fk = ('auc', 'dauc', 'counts', 'auc_vs_fp32', 'rel_err', 'occupancy', 'sep_mean', 'sep_cell_spectrum', 'auc_mean', 'auc_sd',
+          'dauc_sd', 'dsep_cell', 'fpd', 'sample_cpu_s', 'x_geant4_sampler')
     best_rows = [dict(generator=name, method=m, runtime=r['runtime'], batch=r['batch'], threads=r['threads'], streams=r['streams'],
                       showers_per_s=r['showers_per_s'], x_fp32_best=r['showers_per_s']/fpbest, x_best_fp32=r['showers_per_s']/fpany,
                       j_per_shower=r['j_per_shower'], speedup_vs_g4=r['speedup_vs_g4'], g4_s_per_shower=g4s,
@@ -181,28 +240,48 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
 
 # %% ../../nbs/52_quant.bench.ipynb #5de2596b
 def fidelity(gen, variants: dict, n: int, ref_kind: str = 'electrons', cls_epochs: int = 20, seed: int = 0,
-             fixed: tuple | None = None) -> dict:
-    """Per variant, `n` showers sampled at the conditions of held-out Geant4 showers, from the same noise for every variant:
-    the spine's evaluation against Geant4 (cls-high AUC, mean separation power, cell-spectrum separation power), ΔAUC vs
-    FP32 and whether |ΔAUC| ≤ 0.01; and the direct distance to FP32 — the cls-high AUC of the variant's showers against
-    the FP32 showers (0.5: indistinguishable), their cell occupancy, and the relative L2 error on the `fixed` inputs."""
+             fixed: tuple | None = None, seeds=None, fpd: bool = True) -> dict:
+    """Per variant, `n` showers sampled at the conditions of held-out Geant4 showers, from the same noise for every variant,
+    once per noise seed in `seeds` (default: `seed` only): the spine's evaluation against Geant4 (cls-high AUC, mean and
+    cell-spectrum separation power; FPD for the first seed), ΔAUC and Δ cell-spectrum separation vs FP32 paired per seed
+    (mean, and their seed-to-seed spread), FP32's own seed-to-seed AUC spread; whether the variant counts (|ΔAUC| ≤ 0.01
+    and |Δsep cell| ≤ 0.002); the direct distance to FP32 (cls-high AUC of the variant's showers against the FP32
+    showers, 0.5: indistinguishable; occupancy; relative L2 error on the `fixed` inputs); and the CPU seconds per shower
+    of the whole sampler with this variant (stage 1 included; the fastest seed, so a compiling first call does not count)."""
     from vallecorsa_ml.calo.data import load_g4
     from vallecorsa_ml.calo.metrics import classifier_test, evaluate
+    seeds = [int(seed)] if seeds is None else [int(s) for s in seeds]
     ref = load_g4(ref_kind, 'test', n)           # the held-out rows
     dit = _gen_kind(gen) == 'dit'
     variants = dict(variants)
     if 'fp32' not in variants: variants = {'fp32': quantize(gen, 'fp32')} | variants
-    out, sds = {}, {}
-    for m, v in variants.items():
-        sds[m] = sd = sample_with(gen, v, ref.energies, ref.theta if dit else None, ref.phi if dit else None, seed=seed)
-        e = evaluate(sd, ref, cls=('high',), cls_epochs=cls_epochs, fpd_kpd=False, plots=False, seed=seed)
-        out[m] = dict(auc=float(e['cls_high']['auc']), sep_mean=float(e['sep_mean']), sep_cell_spectrum=float(e['sep_cell_spectrum']),
-                      occupancy=float((sd.showers > 0).mean()))
-        if m != 'fp32': out[m]['auc_vs_fp32'] = float(classifier_test(sd, sds['fp32'], kind='high', epochs=cls_epochs, seed=seed)['auc'])
+    per = {m: dict(auc=[], sep_cell=[], sep_mean=[], cpu=[]) for m in variants}
+    out = {m: {} for m in variants}
+    for i, s in enumerate(seeds):
+        sds = {}
+        for m, v in variants.items():
+            with Timer() as t:
+                sds[m] = sd = sample_with(gen, v, ref.energies, ref.theta if dit else None, ref.phi if dit else None, seed=s)
+            e = evaluate(sd, ref, cls=('high',), cls_epochs=cls_epochs, fpd_kpd=fpd and i == 0, fast=True, plots=False, seed=s)
+            p = per[m]
+            p['auc'].append(float(e['cls_high']['auc'])); p['sep_cell'].append(float(e['sep_cell_spectrum']))
+            p['sep_mean'].append(float(e['sep_mean'])); p['cpu'].append(t.cpu_seconds/len(ref))
+            if i == 0:
+                out[m].update(occupancy=float((sd.showers > 0).mean()), fpd=e.get('fpd'), fpd_err=e.get('fpd_err'))
+                if m != 'fp32': out[m]['auc_vs_fp32'] = float(classifier_test(sd, sds['fp32'], kind='high', epochs=cls_epochs, seed=s)['auc'])
+    sd_ = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else float('nan')
+    f = per['fp32']
+    for m, p in per.items():
+        da = np.subtract(p['auc'], f['auc']); ds = np.subtract(p['sep_cell'], f['sep_cell'])
+        out[m].update(auc=p['auc'][0], aucs=p['auc'], auc_mean=float(np.mean(p['auc'])), auc_sd=sd_(p['auc']),
+                      dauc=float(da.mean()), dauc_sd=sd_(da), dauc_seeds=da.tolist(),
+                      sep_cell_spectrum=float(np.mean(p['sep_cell'])), dsep_cell=float(ds.mean()), sep_mean=float(np.mean(p['sep_mean'])),
+                      sample_cpu_s=float(min(p['cpu'])), seeds=seeds)
+        out[m]['counts'] = bool(abs(out[m]['dauc']) <= 0.01 and abs(out[m]['dsep_cell']) <= 0.002)
         if fixed is not None:
-            with torch.no_grad(): out[m]['rel_err'] = rel_err(v(*fixed), variants['fp32'](*fixed))
-    a0 = out['fp32']['auc']
-    for m in out: out[m]['dauc'] = out[m]['auc'] - a0; out[m]['counts'] = bool(abs(out[m]['dauc']) <= 0.01)
+            with torch.no_grad(): out[m]['rel_err'] = rel_err(variants[m](*fixed), variants['fp32'](*fixed))
+    g4 = g4_seconds(ref.energies)
+    for m in per: out[m].update(g4_s_per_shower=g4, x_geant4_sampler=g4/out[m]['sample_cpu_s'])
     return out
 
 # %% ../../nbs/52_quant.bench.ipynb #da4e465b
@@ -237,6 +316,56 @@ def report(res: dict) -> str:
             f"= {cpu_joules(res['g4_s_per_shower']):.3f} J per shower (README, these energies); energy model: CPU s × {TDP_PER_CORE_W:.2f} W"
             + (" (RAPL readable but not used)" if rapl_domains() else " (no readable RAPL)"))
 
+# %% ../../nbs/52_quant.bench.ipynb #f072b35c
+ANCHOR = dict(generator='3DGAN, Rehm et al. (arXiv:2103.10142)', method='int8 (their route)', x_fp32=1.73, x_geant4=67000.,
+              cpu='Intel Xeon (a different detector: their Geant4 cost)')
+
+def _pm(m, s, nd=3):
+    if m is None or (isinstance(m, float) and math.isnan(m)): return ''
+    return f"{m:+.{nd}f} ± {s:.{nd}f}" if s is not None and not math.isnan(s) else f"{m:+.{nd}f}"
+
+def headline(allres: dict, feat: dict | None = None) -> list:
+    """The issue's one table: per generator × route (best configuration), showers/s, × eager FP32, × the fastest FP32
+    route, × Geant4 per shower in CPU time (network forwards only, and the whole sampler where the fidelity ran), the
+    fidelity against the held-out Geant4 rows (cls-high AUC, ΔAUC vs FP32 ± its seed-to-seed spread, Δ cell-spectrum
+    separation, FPD), whether the route counts, and the CPU (model, torch's level, flags); then the seed's anchor row."""
+    feat = feat or cpu_features()
+    rows = []
+    for name, r in allres.items():
+        fid = r.get('fidelity') or {}
+        for b in r['best']:
+            f = fid.get(b['method'], {})
+            rows.append(dict(generator=name, route=b['method'], runtime=b['runtime'], batch=b['batch'],
+                             threads=f"{b['threads']}x{b['streams']}", showers_per_s=b['showers_per_s'],
+                             x_fp32=b['x_fp32_best'], x_best_fp32=b['x_best_fp32'], x_geant4=b['speedup_vs_g4'],
+                             x_geant4_sampler=f.get('x_geant4_sampler', ''),
+                             auc=_pm(f.get('auc_mean'), f.get('auc_sd')).lstrip('+') if f else '',
+                             dauc=_pm(f.get('dauc'), f.get('dauc_sd')) if f else '',
+                             dsep_cell=f"{f['dsep_cell']:+.4f}" if 'dsep_cell' in f else '',
+                             fpd=f"{f['fpd']:.4g}" if f.get('fpd') is not None else '',
+                             counts={True: 'yes', False: 'no'}.get(f.get('counts'), ''), cpu=feat['label']))
+    rows.append(dict(generator=ANCHOR['generator'], route=ANCHOR['method'], x_fp32=ANCHOR['x_fp32'], x_geant4=ANCHOR['x_geant4'],
+                     cpu=ANCHOR['cpu']))
+    return rows
+
+def fidelity_chart(allres: dict, path=None):
+    "ΔAUC vs FP32 (± seed-to-seed spread) and Δ cell-spectrum separation vs FP32 per generator × route, with the targets' bands."
+    import matplotlib.pyplot as plt
+    pts = [(f"{g}\n{m}", f) for g, r in allres.items() for m, f in (r.get('fidelity') or {}).items() if m != 'fp32']
+    fig, axs = plt.subplots(1, 2, figsize=(max(6, 1.1*len(pts) + 3), 4))
+    for ax, key, sd, band, lab in ((axs[0], 'dauc', 'dauc_sd', 0.01, 'ΔAUC vs FP32 (cls-high, vs Geant4)'),
+                                   (axs[1], 'dsep_cell', None, 0.002, 'Δ cell-spectrum separation vs FP32')):
+        x = np.arange(len(pts))
+        y = [f.get(key, np.nan) for _, f in pts]
+        e = [0 if sd is None or f.get(sd) is None or math.isnan(f.get(sd)) else f[sd] for _, f in pts]
+        ax.axhspan(-band, band, color='C2', alpha=0.15, label=f'target ±{band}')
+        ax.errorbar(x, y, yerr=e, fmt='o', capsize=3, color='C0')
+        ax.axhline(0, color='k', lw=0.5); ax.set_xticks(x); ax.set_xticklabels([p for p, _ in pts], fontsize=6, rotation=90)
+        ax.set_title(lab, fontsize=9); ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=120)
+    return fig
+
 # %% ../../nbs/52_quant.bench.ipynb #b27828e1
 def load_bench_generator(path, kind: str = 'gan') -> nn.Module:
     "A generator checkpoint for the benchmark, in eval mode: a 3DGAN (`kind='gan'`) or a diffusion model (`'dit'`: a `calo` generator checkpoint or a bare `CaloDiT`)."
@@ -248,6 +377,62 @@ def load_bench_generator(path, kind: str = 'gan') -> nn.Module:
         try: return load_generator(p).eval()
         except VMLInputError: return DiTGenerator(load_dit(p), detector=1, steps=12).eval()
     return load_generator(p).eval()
+
+# %% ../../nbs/52_quant.bench.ipynb #a7c4f328
+def widen_late_convs(G: nn.Module, width: int = 16) -> nn.Module:
+    """A copy of 3DGAN generator `G` whose hidden body channels are zero-padded to `width`: the same function, computed
+    with wider convolutions (new filters zero; their BatchNorm maps 0 to 0; the next convolution ignores them)."""
+    W = copy.deepcopy(G).eval()
+    convs = [m.conv for m in W.body if hasattr(m, 'conv')]
+    bns = [m for m in W.body if isinstance(m, nn.BatchNorm3d)]
+    if len(convs) < 2 or len(bns) != len(convs) - 1: raise VMLInputError("expected conv, (act, BN, ...), conv bodies", field='G')
+    def pad(t, dim, n):
+        shape = list(t.shape); shape[dim] = n - t.shape[dim]
+        return torch.cat([t, torch.zeros(shape, dtype=t.dtype)], dim) if shape[dim] > 0 else t
+    with torch.no_grad():
+        for i, c in enumerate(convs):
+            cin = convs[i - 1].out_channels if i > 0 else c.in_channels      # the previous conv, already widened
+            cout = max(width, c.out_channels) if i < len(convs) - 1 else c.out_channels
+            w = pad(pad(c.weight, 0, cout), 1, cin)
+            c.weight = nn.Parameter(w.contiguous()); c.in_channels, c.out_channels = cin, cout
+            if c.bias is not None: c.bias = nn.Parameter(pad(c.bias, 0, cout))
+        for b, c in zip(bns, convs):
+            n = c.out_channels
+            b.running_mean = pad(b.running_mean, 0, n); b.running_var = torch.cat([b.running_var, torch.ones(n - len(b.running_var))])
+            b.weight = nn.Parameter(pad(b.weight, 0, n)); b.bias = nn.Parameter(pad(b.bias, 0, n)); b.num_features = n
+    return W
+
+def _channels_last(net: nn.Module) -> nn.Module:
+    m = copy.deepcopy(net).eval()
+    for c in m.modules():
+        if isinstance(c, nn.Conv3d): c.weight.data = c.weight.data.contiguous(memory_format=torch.channels_last_3d)
+    return m
+
+def gan_layout_study(G: nn.Module, batch: int = 128, threads: int = 1, repeats: int = 5, n_calib: int = 256, seed: int = 0,
+                     methods=('fp32', 'fp32-compile', 'ort-fp32', 'ort-int8', 'int8-pt2e-compile')) -> list:
+    "Showers/s of the 3DGAN as shipped, channels-last and with widened late convolutions, per method, timed together; error vs plain FP32."
+    cc = g4_conditions(n_calib, 'electrons', seed=seed)
+    calib = calib_inputs(G, cc['energies_MeV'], seed=seed)
+    inp = calib_inputs(G, np.resize(cc['energies_MeV'], batch), seed=seed + 1)
+    nets = {'as shipped': G, 'channels-last': _channels_last(G), 'wide-16': widen_late_convs(G, 16),
+            'wide-16 channels-last': _channels_last(widen_late_convs(G, 16))}
+    prev = set_threads(threads)
+    try:
+        vs = {}
+        for lay, n in nets.items():
+            for m in methods:
+                if m.startswith('ort') and 'channels-last' in lay: continue      # the ONNX graph has no memory format
+                vs[(lay, m)] = quantize(n, m, calib, threads=threads)
+        with torch.no_grad(): ref = G(*inp)
+        errs = {k: rel_err(v(*inp), ref) for k, v in vs.items()}
+        t = time_variants(vs, inp, repeats=repeats)
+    finally: set_threads(prev)
+    base = t[('as shipped', 'fp32')]['showers_per_s']
+    flops = {lay: count_flops(n, tuple(x[:1] for x in inp)) for lay, n in nets.items()}
+    rows = [dict(layout=lay, method=m, showers_per_s=t[(lay, m)]['showers_per_s'], x_fp32=t[(lay, m)]['showers_per_s']/base,
+                 x_same_layout_fp32=t[(lay, m)]['showers_per_s']/t[(lay, 'fp32')]['showers_per_s'] if (lay, 'fp32') in t else float('nan'),
+                 mflops_per_shower=flops[lay]/1e6, rel_err=errs[(lay, m)], spread=t[(lay, m)]['spread']) for lay, m in vs]
+    return rows
 
 # %% ../../nbs/52_quant.bench.ipynb #e886aa50
 def _configs(s: str) -> list:
@@ -284,32 +469,40 @@ def bench_generators(gan: str = 'auto', dit: str = 'auto') -> list:
 def vml_bench(
     gan: str = 'auto',            # 3DGAN: 'auto' (the shipped 3dgan-ds2), a checkpoint path, 'standin' (untrained) or 'none'
     dit: str = 'auto',            # diffusion model: 'auto' (the shipped dit-ds2), a checkpoint path or 'none'
-    methods: str = 'fp32,fp32-compile,bf16,int8-dyn,int8-pt2e-compile,ort-fp32,ort-int8,ort-int8-dyn',  # comma-separated, from quant.ptq.METHODS
+    methods: str = 'auto',        # comma-separated, from quant.ptq.METHODS; 'auto': the FP32 baselines and the routes `choose_routes` picks for this CPU
     qat: str = 'auto',            # QAT ONNX model of the 3DGAN ('auto': <cache>/quant/gan_qat.onnx if present; 'none')
     batches: str = '16,128',      # batch sizes
     configs: str = '2x1,1x2,1x1', # threads x streams configurations
     repeats: int = 5,             # timed repeats per configuration
-    fidelity: int = 0,            # showers per variant for the classifier test vs Geant4 (0: skip)
+    fidelity: int = 0,            # showers per variant and seed for the classifier test vs the held-out Geant4 rows (0: skip)
+    seeds: str = '0',             # noise seeds of the fidelity test (comma-separated): ΔAUC's seed-to-seed spread
     cls_epochs: int = 20,         # classifier epochs
     out: str = None,              # folder for bench.json, report.md, throughput.png
 ):
     "Throughput / energy / fidelity study of the generators in every precision and runtime; prints the tables."
+    feat = cpu_features(); routes = choose_routes(feat)
     ms = [m.strip() for m in methods.split(',') if m.strip()]
-    bad = [m for m in ms if m not in METHODS]
+    bad = [m for m in ms if m not in METHODS and m != 'auto']
     if bad: raise VMLInputError(f"unknown methods {bad}; known: {', '.join(METHODS)}", field='methods')
     cfgs, bs = _configs(configs), _ints(batches, 'batches')
     if repeats < 1: raise VMLInputError("repeats must be >= 1", field='repeats')
+    try: sds = [int(x) for x in str(seeds).split(',') if x.strip()]
+    except ValueError: sds = []
+    if not sds or min(sds) < 0: raise VMLInputError("seeds must be non-negative integers, comma-separated", field='seeds')
     qp = data_dir()/'quant'/'gan_qat.onnx' if qat == 'auto' else None if qat == 'none' else Path(qat)
     if qp is not None and qat != 'auto' and not qp.exists(): raise VMLInputError("QAT ONNX file not found", file=qp)
     gens = bench_generators(gan, dit)
-    print(f"# vml-quant-bench  {cpu_info()}\n# load average {os.getloadavg()}")
+    print(f"# vml-quant-bench  {cpu_info()}\n# CPU {feat['label']}\n# routes {routes['why']}\n# load average {os.getloadavg()}")
     allres, text = {}, []
     for name, g in gens:
         extra = {}
         if _gen_kind(g) == 'gan' and qp is not None and qp.exists():
             extra['qat-int8'] = lambda th, qp=qp: Variant('qat-int8', 'onnxruntime (brevitas QCDQ)', ort_fn(qp, ['z', 'cond'], th))
-        r = run_bench(g, name, ms, bs, cfgs, repeats, n_fid=fidelity, cls_epochs=cls_epochs, extra=extra)
+        gm = [x for m in ms for x in (auto_methods(_gen_kind(g), routes) if m == 'auto' else [m])]
+        r = run_bench(g, name, list(dict.fromkeys(gm)), bs, cfgs, repeats, n_fid=fidelity, cls_epochs=cls_epochs, extra=extra, seeds=sds)
         allres[name] = r; text.append(f"## {name}\n\n" + report(r))
+    table = md_table(headline(allres, feat))
+    text.append("## The table: speed-up over eager FP32, the fastest FP32 route and Geant4 (CPU time per shower), fidelity vs held-out Geant4\n\n" + table)
     print('\n\n'.join(text))
     if out:
         o = Path(out); o.mkdir(parents=True, exist_ok=True)

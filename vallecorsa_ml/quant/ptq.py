@@ -14,12 +14,13 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 from ..core import VMLInputError, atomic_write, seed_everything, optional_import
 from ..onnx_io import export_onnx, ort_session, ort_fn
 
 # %% auto #0
-__all__ = ['METHODS', 'rel_err', 'net_of', 'calib_inputs', 'g4_conditions', 'Variant', 'edge_layers', 'quantize_onnx', 'quantize',
-           'swapped_forward', 'sample_with']
+__all__ = ['METHODS', 'rel_err', 'net_of', 'calib_inputs', 'g4_conditions', 'Variant', 'edge_layers', 'LowPrecisionAttention',
+           'attention_in', 'quantize_onnx', 'quantize', 'swapped_forward', 'sample_with']
 
 # %% ../../nbs/50_quant.ptq.ipynb #a6831190
 def rel_err(q, f) -> float:
@@ -67,7 +68,7 @@ def g4_conditions(n: int, kind: str = 'electrons', seed: int = 0) -> dict:
 
 # %% ../../nbs/50_quant.ptq.ipynb #f515b6ec
 METHODS = ('fp32', 'fp32-compile', 'bf16', 'int8-dyn', 'int8-pt2e', 'int8-pt2e-compile', 'int8-pt2e-mixed',
-           'ort-fp32', 'ort-int8', 'ort-int8-dyn')
+           'ort-fp32', 'ort-int8', 'ort-int8-dyn', 'int8-pt2e-bf16attn')
 
 @dataclass
 class Variant:
@@ -135,6 +136,31 @@ def _int8_pt2e(net, calib, keep_fp32=None):
     nq = sum(1 for n in cm.graph.nodes if 'quantize_per' in str(n.target))
     return cm, nq
 
+# %% ../../nbs/50_quant.ptq.ipynb #d166ca72
+class LowPrecisionAttention(nn.Module):
+    "timm `Attention` (no q/k norm, no gate) with the SDPA computed in `dtype` (its projections unchanged, FP32 in and out)."
+    def __init__(self, attn: nn.Module, dtype=torch.bfloat16):
+        super().__init__()
+        for k in ('q_norm', 'k_norm', 'norm'):
+            if not isinstance(getattr(attn, k, nn.Identity()), nn.Identity): raise VMLInputError(f"attention with a {k} is not supported", field='net')
+        if getattr(attn, 'gate', None) is not None: raise VMLInputError("gated attention is not supported", field='net')
+        self.qkv, self.proj, self.heads, self.dtype = attn.qkv, attn.proj, attn.num_heads, dtype
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C//self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)).float()
+        return self.proj(o.transpose(1, 2).reshape(B, N, C))
+
+def attention_in(net: nn.Module, dtype=torch.bfloat16) -> tuple:
+    "A copy of `net` whose timm `Attention` modules compute SDPA in `dtype`; → (copy, how many were swapped)."
+    m = copy.deepcopy(net).eval()
+    names = [n for n, x in m.named_modules() if type(x).__name__ == 'Attention' and hasattr(x, 'qkv') and hasattr(x, 'proj')]
+    for n in names:
+        parent, _, leaf = n.rpartition('.')
+        p = m.get_submodule(parent) if parent else m
+        setattr(p, leaf, LowPrecisionAttention(getattr(p, leaf), dtype))
+    return m, len(names)
+
 # %% ../../nbs/50_quant.ptq.ipynb #5b33f4c5
 class _Reader:
     "onnxruntime CalibrationDataReader over a list of feed dicts."
@@ -176,6 +202,11 @@ def quantize(gen: nn.Module, method: str, calib: tuple | None = None, workdir=No
         m, n = _int8_pt2e(net, calib); return Variant(method, 'torch+torchao-pt2e', m, {'quant_nodes': n})
     if method == 'fp32-compile':
         return Variant(method, 'torch.compile', _compiled(copy.deepcopy(net).eval()), {'compile': 'inductor, frozen'})
+    if method == 'int8-pt2e-bf16attn':
+        low, na = attention_in(net, torch.bfloat16)
+        if na == 0: raise VMLInputError("int8-pt2e-bf16attn needs a network with attention (the diffusion transformer)", field='method')
+        m, n = _int8_pt2e(low, calib)
+        return Variant(method, 'torch.compile', _compiled(m), {'quant_nodes': n, 'bf16_attention': na})
     if method in ('int8-pt2e-compile', 'int8-pt2e-mixed'):
         keep = edge_layers(net) if method == 'int8-pt2e-mixed' else None
         m, n = _int8_pt2e(copy.deepcopy(net).eval(), calib, keep)
