@@ -23,7 +23,7 @@ from ..onnx_io import ort_fn
 __all__ = ['OPS_PER_CYCLE', 'ANCHOR', 'count_flops', 'peak_flops', 'g4_seconds', 'time_variants', 'time_variant', 'op_breakdown',
            'cpu_features', 'torchao_int8_sdpa', 'choose_routes', 'auto_methods', 'run_bench', 'fidelity', 'bar_chart',
            'report', 'headline', 'fidelity_chart', 'load_bench_generator', 'widen_late_convs', 'gan_layout_study',
-           'bench_generators', 'vml_bench']
+           'par04_rows', 'bench_generators', 'vml_bench']
 
 # %% ../../nbs/52_quant.bench.ipynb #aff834e4
 def count_flops(net: nn.Module, inputs: tuple) -> float:
@@ -174,8 +174,8 @@ def _gen_kind(gen) -> str: return 'dit' if type(gen).__name__ in ('DiTGenerator'
 def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-fp32', 'ort-int8'), batches=(64,),
               configs=((2, 1), (1, 2)), repeats: int = 5, n_calib: int = 256, n_fid: int = 0, cls_epochs: int = 20,
               extra: dict | None = None, ref_kind: str | None = None, seed: int = 0,
-              seeds=None, log=print) -> dict:
-    "Time every method × batch × (threads, streams) of `gen`; optional fidelity vs Geant4 (`n_fid` showers per noise seed in `seeds`). Returns {'rows', 'fidelity', 'best'}."
+              seeds=None, fid_methods=None, log=print) -> dict:
+    "Time every method × batch × (threads, streams) of `gen`; optional fidelity vs Geant4 (`n_fid` showers per noise seed in `seeds`, of the variants in `fid_methods`, default all). Returns {'rows', 'fidelity', 'best'}."
     bad = [m for m in methods if m not in METHODS]
     if bad: raise VMLInputError(f"unknown methods {bad}; known: {', '.join(METHODS)}", field='methods')
     kind = _gen_kind(gen)
@@ -221,7 +221,8 @@ def run_bench(gen: nn.Module, name: str = 'gan', methods=('fp32', 'bf16', 'ort-f
     fid = {}
     if n_fid > 0:    # sampled with the variants built for the fewest threads (a shared machine stalls multi-threaded pools)
         set_threads(tmin)
-        try: fid = fidelity(gen, fid_built, n_fid, ref_kind, cls_epochs, seed, fixed=inp, seeds=seeds)
+        fb = fid_built if fid_methods is None else {m: v for m, v in fid_built.items() if m in fid_methods}
+        try: fid = fidelity(gen, fb, n_fid, ref_kind, cls_epochs, seed, fixed=inp, seeds=seeds)
         finally: set_threads(prev)
     best = {}
     for r in rows:
@@ -434,6 +435,30 @@ def gan_layout_study(G: nn.Module, batch: int = 128, threads: int = 1, repeats: 
                  mflops_per_shower=flops[lay]/1e6, rel_err=errs[(lay, m)], spread=t[(lay, m)]['spread']) for lay, m in vs]
     return rows
 
+# %% ../../nbs/52_quant.bench.ipynb #8d1037cc
+def par04_rows(gen, n: int = 10, energy_gev: float = 50., workdir=None, feat: dict | None = None) -> list:
+    """The DiT's exported Par04 graph (the whole two-stage sampler: batch 1, one thread, optimised ONNX Runtime session, as
+    Geant4's Par04 example runs it) in FP32 and in ONNX Runtime dynamic INT8 (`calo.par04.quantize_par04`), timed
+    round-robin beside the PyTorch sampler at batch 1: rows for the headline table (× Geant4 at `energy_gev`)."""
+    import tempfile
+    from vallecorsa_ml.calo.par04 import export_par04, quantize_par04, par04_session, par04_input
+    feat = feat or cpu_features()
+    wd = Path(workdir or tempfile.mkdtemp(prefix='vml_par04_'))
+    f32 = export_par04(gen, wd/'cd.onnx', seed=0)
+    q = quantize_par04(f32, wd/'cd_int8.onnx')
+    x = par04_input([energy_gev*1e3], math.pi/2, 0.0)
+    net = gen.model if hasattr(gen, 'model') else gen
+    with set_threads(1):
+        ss = {'par04-onnx-fp32': par04_session(f32, threads=1, optimize=True), 'par04-onnx-int8-dyn': par04_session(q, threads=1, optimize=True)}
+        vs = {'torch-sampler-fp32': lambda *a: net.sample([energy_gev*1e3], [math.pi/2], [0.], detector='g4_photons', steps=16, seed=0, return_torch=True)}
+        vs |= {k: (lambda *a, s=s: s.run(None, {'conditions': x})) for k, s in ss.items()}
+        t = time_variants(vs, (torch.zeros(1, 1),), repeats=n)
+    g4 = g4_seconds([energy_gev*1e3])
+    f0, fb = t['torch-sampler-fp32']['showers_per_s'], max(t[k]['showers_per_s'] for k in ('torch-sampler-fp32', 'par04-onnx-fp32'))
+    return [dict(generator=f'dit-ds2 Par04 graph ({energy_gev:g} GeV)', route=k, runtime='torch' if k.startswith('torch') else 'onnxruntime',
+                 batch=1, threads='1x1', showers_per_s=r['showers_per_s'], x_fp32=r['showers_per_s']/f0, x_best_fp32=r['showers_per_s']/fb,
+                 x_geant4=g4/r['cpu_s_per_shower'], cpu=feat['label']) for k, r in t.items()]
+
 # %% ../../nbs/52_quant.bench.ipynb #e886aa50
 def _configs(s: str) -> list:
     try: out = [tuple(int(v) for v in c.lower().split('x')) for c in str(s).split(',') if c.strip()]
@@ -477,6 +502,7 @@ def vml_bench(
     fidelity: int = 0,            # showers per variant and seed for the classifier test vs the held-out Geant4 rows (0: skip)
     seeds: str = '0',             # noise seeds of the fidelity test (comma-separated): ΔAUC's seed-to-seed spread
     cls_epochs: int = 20,         # classifier epochs
+    par04: int = 0,               # with the DiT: time its exported Par04 graph (FP32 and ONNX Runtime INT8, batch 1) this many calls (0: skip; the export takes a minute)
     out: str = None,              # folder for bench.json, report.md, throughput.png
 ):
     "Throughput / energy / fidelity study of the generators in every precision and runtime; prints the tables."
@@ -501,7 +527,10 @@ def vml_bench(
         gm = [x for m in ms for x in (auto_methods(_gen_kind(g), routes) if m == 'auto' else [m])]
         r = run_bench(g, name, list(dict.fromkeys(gm)), bs, cfgs, repeats, n_fid=fidelity, cls_epochs=cls_epochs, extra=extra, seeds=sds)
         allres[name] = r; text.append(f"## {name}\n\n" + report(r))
-    table = md_table(headline(allres, feat))
+    rows = headline(allres, feat)
+    dits = [g for _, g in gens if _gen_kind(g) == 'dit']
+    if par04 > 0 and dits: rows = rows[:-1] + par04_rows(dits[0], par04, feat=feat) + rows[-1:]
+    table = md_table(rows)
     text.append("## The table: speed-up over eager FP32, the fastest FP32 route and Geant4 (CPU time per shower), fidelity vs held-out Geant4\n\n" + table)
     print('\n\n'.join(text))
     if out:
