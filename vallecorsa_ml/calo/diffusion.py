@@ -33,7 +33,7 @@ __all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_condi
            'detector_id', 'DiTDataset', 'dit_dataset', 'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback',
            'CheckpointCallback', 'TimeLimitCallback', 'dit_learner', 'train_dit', 'load_dit', 'training_parts',
            'vml_train_dit', 'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint', 'LayerDenoiser',
-           'export_dit_onnx', 'dit_onnx_parity', 'retrain_stage1', 'calibrate_thresholds']
+           'export_dit_onnx', 'dit_onnx_parity', 'retrain_stage1', 'calibrate_thresholds', 'merge_knots']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -208,22 +208,40 @@ def layer_energies(showers: torch.Tensor, thr: float) -> torch.Tensor:
 
 # %% ../../nbs/16_calo.diffusion.ipynb #22972405
 class ResponseTransform(nn.Module):
-    "Total deposit ↔ the response standardised per detector: `u = (log((T + delta)/E) − mean_d)/std_d` (narrow: a few % wide, so standardised per detector)."
+    """Total deposit ↔ the response standardised per detector, and optionally per energy: `u = (log((T + delta)/E) −
+    mean_d − mean_le_d·le)/(std_d·exp(logstd_le_d·le))` with le = `cond[:, 0]` = log10(E/10 GeV). The energy terms
+    are 0 unless `fit(..., energy=True)`: a sampling calorimeter's resolution falls as 1/√E, so a width standardised over
+    the whole energy range leaves stage 1 to learn a spread that changes threefold across it."""
     def __init__(self, n_detectors: int, delta: float = 1e-4):
         super().__init__()
         self.delta = delta
         self.register_buffer('mean', torch.zeros(n_detectors)); self.register_buffer('std', torch.ones(n_detectors))
-    def fit(self, T, cond) -> 'ResponseTransform':
-        "Per-detector mean/std from totals `T` (N,) MeV and packed conditions `cond` (N, ≥4)."
-        u, d = torch.log((T + self.delta)/(1e4*10**cond[:, 0].double())).float(), cond[:, 3].long()
-        for k in d.unique().tolist(): self.mean[k], self.std[k] = u[d == k].mean(), u[d == k].std().clamp(min=1e-3)
+        self.register_buffer('mean_le', torch.zeros(n_detectors)); self.register_buffer('logstd_le', torch.zeros(n_detectors))
+    def fit(self, T, cond, energy: bool = False) -> 'ResponseTransform':
+        """Per-detector mean/std from totals `T` (N,) MeV and packed conditions `cond` (N, ≥4); with `energy`, the mean
+        linear in le (least squares) and the log std linear in le (least squares of log r² on le, r the residual)."""
+        u, d, le = torch.log((T + self.delta)/(1e4*10**cond[:, 0].double())), cond[:, 3].long(), cond[:, 0].double()
+        for k in d.unique().tolist():
+            s = d == k
+            if energy and le[s].std() > 0.1:
+                X = torch.stack([torch.ones_like(le[s]), le[s]], 1)
+                a = torch.linalg.lstsq(X, u[s][:, None]).solution[:, 0]
+                r2 = (u[s] - X @ a)**2
+                b = torch.linalg.lstsq(X, torch.log(r2 + 1e-12)[:, None]).solution[1, 0]/2
+                self.mean[k], self.mean_le[k], self.logstd_le[k] = a[0], a[1], b
+                self.std[k] = torch.sqrt((r2*torch.exp(-2*b*le[s])).mean()).clamp(min=1e-3)
+            else:
+                self.mean[k], self.std[k], self.mean_le[k], self.logstd_le[k] = u[s].mean(), u[s].std().clamp(min=1e-3), 0., 0.
         return self
+    def _ms(self, cond):
+        d, le = cond[:, 3].long(), cond[:, 0].float()
+        return self.mean[d] + self.mean_le[d]*le, self.std[d]*torch.exp(self.logstd_le[d]*le)
     def forward(self, T, cond):
-        d = cond[:, 3].long()
-        return ((torch.log((T + self.delta)/(1e4*10**cond[:, 0].double())).float() - self.mean[d])/self.std[d])
+        m, s = self._ms(cond)
+        return ((torch.log((T + self.delta)/(1e4*10**cond[:, 0].double())).float() - m)/s)
     def inverse(self, u, cond):
-        d = cond[:, 3].long()
-        return ((1e4*10**cond[:, 0].double())*torch.exp((u*self.std[d] + self.mean[d]).double())).float() - self.delta
+        m, s = self._ms(cond)
+        return ((1e4*10**cond[:, 0].double())*torch.exp((u*s + m).double())).float() - self.delta
 
 # %% ../../nbs/16_calo.diffusion.ipynb #4082457e
 class LayerEnergyNet(nn.Module):
@@ -330,6 +348,9 @@ class CaloDiT(nn.Module):
         for k in ('map_q', 'map_r', 'map_on'):
             if k not in state_dict: state_dict = dict(state_dict, **{k: torch.zeros_like(getattr(self, k))})
         if self.config.layer_model and 'v_max' not in state_dict: state_dict = dict(state_dict, v_max=torch.full_like(self.v_max, math.inf))
+        for k in ('total_tf.mean_le', 'total_tf.logstd_le'):        # models whose response is standardised per detector only
+            if self.config.layer_total and k not in state_dict and 'total_tf.mean' in state_dict:
+                state_dict = dict(state_dict, **{k: torch.zeros_like(self.total_tf.mean)})
         return super().load_state_dict(state_dict, strict=strict, **kw)
 
     # -- tokens
@@ -698,6 +719,7 @@ def vml_train_dit(
     no_total: bool = False,    # Stage 1 without its response (total-energy) coordinate
     stage1_only: bool = False, # Retrain only stage 1 of the model in --ckpt for --stage1-steps, written back to --ckpt
     stage1_steps: int = 5300,  # Optimisation steps of the stage-1 retraining (--stage1-only)
+    energy_response: bool = False, # --stage1-only: standardise the response per energy too (ResponseTransform.fit(energy=True))
     calibrate: int = 250,      # After training: calibrate the read-out (cell thresholds, energy map) on this many showers per detector (0: off)
     calibrate_steps: int = 16, # Heun steps of the calibration sampling (use the steps you will generate with)
     calibrate_only: bool = False, # Only calibrate the read-out of the model in --ckpt (written back to --ckpt)
@@ -740,7 +762,7 @@ def vml_train_dit(
         ck = load_checkpoint(path, 'CaloDiT checkpoint', keys=('config', 'model'))
         parts = training_parts(electrons, photons, pbwo4, seed)
         with Timer() as t:
-            m = retrain_stage1(load_dit(path), parts, minutes, total=not no_total, seed=seed, progress=not quiet,
+            m = retrain_stage1(load_dit(path), parts, minutes, total=not no_total, seed=seed, progress=not quiet, energy_response=energy_response,
                                max_steps=None if minutes else stage1_steps)
         sd = m.state_dict()
         ck.update(config=asdict(m.config), model=sd, ema=sd, opt=None,
@@ -831,8 +853,8 @@ def dit_onnx_parity(model: nn.Module, path, batch: int = 5, part: str = 'shower'
 # %% ../../nbs/16_calo.diffusion.ipynb #4df9ce4b
 def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5, total: bool = True, bs: int = 256,
                    lr: float = 1e-3, seed: int = 0, max_steps: int | None = None, ema_decay: float = 0.999,
-                   progress: bool = True) -> CaloDiT:
-    "Copy of a two-stage `model` with stage 1 trained anew and alone on the layer energies of `parts` (cosine LR over `minutes` or `max_steps`, EMA); `total` adds the response coordinate."
+                   progress: bool = True, energy_response: bool = False) -> CaloDiT:
+    "Copy of a two-stage `model` with stage 1 trained anew and alone on the layer energies of `parts` (cosine LR over `minutes` or `max_steps`, EMA); `total` adds the response coordinate, standardised per energy too with `energy_response` (`ResponseTransform`)."
     from dataclasses import replace
     if not model.config.layer_model: raise VMLInputError("not a two-stage model (layer_model=False)", field='model')
     if max_steps is None and not (minutes and minutes > 0): raise VMLInputError("give minutes > 0 or max_steps", field='minutes')
@@ -843,7 +865,7 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
     m.load_state_dict(keep, strict=False)
     L = torch.cat([layer_energies(torch.as_tensor(d.showers, dtype=torch.float32), m.config.thr) for d, _ in parts])
     c = torch.cat([make_conditions(d.energies, d.theta, d.phi, detector_id(det)) for d, det in parts])
-    if total: m.total_tf.fit(L.sum(1), c)
+    if total: m.total_tf.fit(L.sum(1), c, energy=energy_response)
     v = m.stage1_vector(L, c)
     det = c[:, 3].long()
     for d in det.unique().tolist(): m.v_max[d] = v[det == d].amax(0) + 0.1        # stage 1's clip range, as fit_range
@@ -888,3 +910,15 @@ def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, s
     for k, f in fits.items(): model.cell_thr[k], model.map_q[k], model.map_r[k] = f['thr'], f['q'], f['r']
     model.map_on.fill_(bool(value_map))
     return used
+
+def merge_knots(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Targets `r` of a read-out map (`calo.data.cell_map`, knots `q` → `r` along the last axis) with each run of
+    coinciding knots `q` given one target, the mean of the run's: where many of the model's cells share one value,
+    `fit_readout`'s quantile knots coincide with different targets, and the map jumps there. Merged, it is continuous
+    and still monotone; knots that coincide with no other keep their target."""
+    new = torch.ones_like(q, dtype=torch.bool)
+    new[..., 1:] = q[..., 1:] != q[..., :-1]
+    run = new.long().cumsum(-1) - 1                           # run index of each knot
+    s = torch.zeros_like(r).scatter_add_(-1, run, r)
+    n = torch.zeros_like(r).scatter_add_(-1, run, torch.ones_like(r))
+    return (s/n.clamp(min=1)).gather(-1, run)
