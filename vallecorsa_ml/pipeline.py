@@ -245,13 +245,14 @@ def results_table(notebook: str, keys: Sequence[str] | None = None, labels: dict
         return f"*No results recorded for `{notebook}` yet: run `vml-run {notebook} --profile full --record`.*"
     m, labels = res['metrics'], labels or {}
     missing = [k for k in (keys or []) if k not in m]
-    if missing: raise VMLInputError(f"not in the recorded metrics of {notebook}: {', '.join(missing)}", field='keys')
+    if keys and len(missing) == len(keys): raise VMLInputError(f"none of the keys is in the recorded metrics of {notebook}: {', '.join(missing)}", field='keys')
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    rows = [{'figure': labels.get(k, k), 'value': fmt(m[k])} for k in (keys or m)]
+    rows = [{'figure': labels.get(k, k), 'value': fmt(m[k]) if k in m else '*not in this record*'} for k in (keys or m)]
     pv = res['provenance']
     src = (f"*`{pv['command']}` (profile `{res['profile']}`), commit `{(pv['commit'] or '?')[:10]}`"
            + (' with local changes' if pv.get('dirty') else '') + f", {pv['cpu']} ({', '.join(pv.get('isa') or []) or 'no AVX-512'}), "
            f"{pv['cpus']} CPUs, {pv['date'][:10]}; {res['seconds']:.0f} s.*")
+    if missing: src += f"\n\n*Added since this record (run `vml-run {notebook} --profile {res['profile']} --record` again): {', '.join(missing)}.*"
     return md_table(rows) + '\n\n' + src
 
 # %% ../nbs/01_pipeline.ipynb #5a8e26ee
