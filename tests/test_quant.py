@@ -303,7 +303,7 @@ def test_cpu_dispatch_routes():
     vnni = cpu_features(['avx2', 'avx512f', 'avx512_vnni'], 'Xeon', 'AVX512', torch_amx=False)
     avx2 = cpu_features(['avx2', 'fma'], 'old', 'AVX2', torch_amx=False)
     assert choose_routes(amx)['attention'].startswith('int8') and choose_routes(amx)['bf16'] == 'bf16'
-    assert choose_routes(vnni)['int8'] == 'int8-pt2e-compile' and choose_routes(vnni)['bf16'] is None
+    assert choose_routes(vnni)['int8'] == 'int8-pt2e-mixed' and choose_routes(vnni)['bf16'] is None
     assert choose_routes(avx2)['int8'] == 'ort-int8-dyn'
     here = cpu_features()
     assert here['capability'] == torch.backends.cpu.get_cpu_capability() and here['model'] in here['label']
