@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 # %% auto #0
-__all__ = ['PROFILES', 'CLI_MIN', 'VMLError', 'VMLInputError', 'seed_everything', 'data_dir', 'cache_dir', 'repo_root',
-           'shipped_data', 'clean_stale_temporaries', 'atomic_write', 'save_json', 'load_json', 'check_profile', 'pick',
-           'run_folder', 'save_metrics', 'BenchResult', 'Timer', 'bench', 'md_table', 'bench_table', 'set_threads',
-           'cpu_info', 'optional_import', 'git_commit', 'provenance', 'check_cli_args', 'available_memory',
-           'check_memory', 'check_output', 'Interrupted', 'handle_signals', 'cli_errors']
+__all__ = ['PROFILES', 'ISA_FLAGS', 'CLI_MIN', 'VMLError', 'VMLInputError', 'seed_everything', 'data_dir', 'cache_dir',
+           'repo_root', 'shipped_data', 'clean_stale_temporaries', 'atomic_write', 'save_json', 'load_json',
+           'check_profile', 'pick', 'run_folder', 'save_metrics', 'BenchResult', 'Timer', 'bench', 'md_table',
+           'bench_table', 'set_threads', 'cpu_info', 'optional_import', 'git_commit', 'provenance', 'check_cli_args',
+           'available_memory', 'check_memory', 'check_output', 'Interrupted', 'handle_signals', 'cli_errors']
 
 # %% ../nbs/00_core.ipynb #2650e9be
 class VMLError(Exception):
@@ -292,15 +292,17 @@ class set_threads(int):
         if self._limiter is not None: self._limiter.restore_original_limits()
         torch.set_num_threads(int(self))
 
+ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16', 'amx_int8')   # what picks a kernel route
+
 def cpu_info() -> dict:
-    "A few facts about the machine, for benchmark tables."
+    "A few facts about the machine, for benchmark tables (`isa`: the `ISA_FLAGS` the CPU has)."
     import platform
     info = {'cpus': os.cpu_count(), 'machine': platform.machine(), 'python': platform.python_version()}
     try:
         txt = Path('/proc/cpuinfo').read_text()
         info['model'] = next((l.split(':', 1)[1].strip() for l in txt.splitlines() if l.startswith('model name')), '')
         flags = next((l.split(':', 1)[1].split() for l in txt.splitlines() if l.startswith('flags')), [])
-        info['isa'] = [f for f in ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8') if f in flags]
+        info['isa'] = [f for f in ISA_FLAGS if f in flags]
     except OSError: pass
     try:
         import torch; info['torch'] = torch.__version__; info['torch_threads'] = torch.get_num_threads()

@@ -270,7 +270,7 @@ def physics_table(gen: ShowerData, ref: ShowerData, edges_GeV=TABLE_EDGES_GEV, m
     eg, er = gen.energies/1e3, ref.energies/1e3
     rows = []
     for lo, hi in zip(edges_GeV, edges_GeV[1:]):
-        a, b = (er >= lo*(1 - 1e-6)) & (er < hi*(1 - 1e-6)), (eg >= lo*(1 - 1e-6)) & (eg < hi*(1 - 1e-6))
+        a, b = ((e >= lo*(1 - 1e-6)) & (e < hi*(1 - 1e-6)) for e in (er, eg))
         if a.sum() < min_n or b.sum() < 2: continue
         G = {k: v[b] for k, v in sg.items()}; R = {k: v[a] for k, v in sr.items()}
         row = dict(E_GeV=f"{lo:g}–{hi:g}", n_ref=int(a.sum()), n_gen=int(b.sum()),

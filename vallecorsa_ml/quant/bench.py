@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from fastcore.script import call_parse
-from ..core import (VMLInputError, cli_errors, save_json, md_table, set_threads, cpu_info, Timer,
+from ..core import (VMLInputError, cli_errors, save_json, md_table, set_threads, cpu_info, ISA_FLAGS, Timer,
                                 seed_everything, data_dir, atomic_write)
 from .ptq import METHODS, quantize, calib_inputs, g4_conditions, sample_with, rel_err, Variant, net_of
 from ..onnx_io import ort_fn
@@ -113,24 +113,20 @@ def op_breakdown(v, inputs: tuple, repeats: int = 3) -> dict:
     return out
 
 # %% ../../nbs/52_quant.bench.ipynb #0c98b659
-import platform
-_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16', 'amx_int8')
-
 def cpu_features(flags=None, model: str | None = None, capability: str | None = None, torch_amx: bool | None = None) -> dict:
     """This CPU (or the one described by `flags`, `model`, `capability`): model, torch's dispatch level, the flags
     that decide the inference route, and what they mean: {'model', 'capability', 'flags', 'amx', 'bf16', 'vnni', 'avx2', 'label'}."""
     here = flags is None
     if flags is None or model is None:
-        try: lines = Path('/proc/cpuinfo').read_text().splitlines()
-        except OSError: lines = []
-        if flags is None: flags = next((l.split(':', 1)[1].split() for l in lines if l.startswith('flags')), [])
-        if model is None: model = next((l.split(':', 1)[1].strip() for l in lines if l.startswith('model name')), platform.processor() or 'unknown')
+        info = cpu_info()                     # core: /proc/cpuinfo's model name and the ISA_FLAGS it lists
+        if flags is None: flags = info.get('isa', [])
+        if model is None: model = info.get('model') or info.get('machine') or 'unknown'
     fl = set(flags)
     cap = capability if capability is not None else torch.backends.cpu.get_cpu_capability()
     if torch_amx is None:
         torch_amx = bool(here and getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)())
     amx = ('amx_int8' in fl and 'amx_tile' in fl) or torch_amx
-    f = dict(model=model, capability=cap, flags=[x for x in _FLAGS if x in fl], amx=bool(amx),
+    f = dict(model=model, capability=cap, flags=[x for x in ISA_FLAGS if x in fl], amx=bool(amx),
              bf16=bool('avx512_bf16' in fl or 'amx_bf16' in fl), vnni=bool('avx512_vnni' in fl or 'avx_vnni' in fl or amx),
              avx2='avx2' in fl)
     f['label'] = f"{model} ({cap}; {' '.join(f['flags']) or 'no AVX2'})"
