@@ -563,11 +563,14 @@ def quantile_knots(gen_values: torch.Tensor, ref_values: torch.Tensor, levels: t
 
 @torch.no_grad()
 def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, ref_bins: torch.Tensor, thr: float = 5e-4,
-                n_bins: int = len(READOUT_EDGES) - 1, min_showers: int = 20, min_cells: int = 64, value_map: bool = True) -> dict:
+                n_bins: int = len(READOUT_EDGES) - 1, min_showers: int = 20, min_cells: int = 64, value_map: bool = True, pool: bool = False) -> dict:
     """Fit a read-out: `gen` (N, A, S, C) the model's showers [MeV] in energy bins `gen_bins`, `ref` (M, A, S, C) the
     training showers in `ref_bins`. → dict(thr (n_bins, A, C), q, r (n_bins, A, C, K), fitted (n_bins,) bool).
     Bins with fewer than `min_showers` on either side take the nearest fitted bin; a map needs `min_cells` non-zero
-    cells on both sides, else that position keeps the identity (all-zero knots)."""
+    cells on both sides, else that position keeps the identity (all-zero knots). With `pool`, a sparse position borrows
+    the cells of its neighbours along A (same C) instead, in a window of ±1, 2, 4, … slices grown until both sides have
+    `min_cells`: the outer rings of a shower are sparse in every single layer, and left unmapped there the model's
+    rare large deposits carry its radial profile (`calo.diffusion.calibrate_thresholds`)."""
     gen, ref = torch.as_tensor(gen, dtype=torch.float32), torch.as_tensor(ref, dtype=torch.float32)
     if gen.ndim != 4 or ref.shape[1:] != gen.shape[1:]: raise VMLInputError(f"gen {tuple(gen.shape)} and ref {tuple(ref.shape)} must be (N, A, S, C) alike", field='gen')
     A, S, C = gen.shape[1:]
@@ -591,7 +594,12 @@ def fit_readout(gen: torch.Tensor, gen_bins: torch.Tensor, ref: torch.Tensor, re
         rv = ref[mr_].permute(1, 3, 0, 2).reshape(A, C, -1)
         for a in range(A):
             for c in range(C):
-                gv, fv = g[a, c][g[a, c] >= t[a, c]], rv[a, c][rv[a, c] >= thr]
+                w = 0
+                while True:                   # the window ±w along A: w = 0 unless `pool` and the position is sparse
+                    sl = slice(max(0, a - w), a + w + 1)
+                    gv, fv = g[sl, c][g[sl, c] >= t[sl, c, None]], rv[sl, c][rv[sl, c] >= thr]
+                    if not pool or (len(gv) >= min_cells and len(fv) >= min_cells) or w >= A: break
+                    w = max(1, 2*w)
                 if len(gv) < min_cells or len(fv) < min_cells: continue
                 out['q'][j, a, c], out['r'][j, a, c] = quantile_knots(gv, fv, levels)
     return _fill_unfitted(out, ('thr', 'q', 'r'))

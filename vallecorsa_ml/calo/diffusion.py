@@ -33,7 +33,8 @@ __all__ = ['DETECTORS', 'N_DETECTORS', 'THR_EDGES', 'CellTransform', 'make_condi
            'detector_id', 'DiTDataset', 'dit_dataset', 'stage1_edm_loss', 'EDMLoss', 'ReseedCallback', 'EMACallback',
            'CheckpointCallback', 'TimeLimitCallback', 'dit_learner', 'train_dit', 'load_dit', 'training_parts',
            'vml_train_dit', 'with_reference_layers', 'DiTGenerator', 'load_dit_checkpoint', 'LayerDenoiser',
-           'export_dit_onnx', 'dit_onnx_parity', 'retrain_stage1', 'calibrate_thresholds', 'merge_knots']
+           'export_dit_onnx', 'dit_onnx_parity', 'retrain_stage1', 'calibrate_layers', 'calibrate_thresholds',
+           'merge_knots']
 
 # %% ../../nbs/16_calo.diffusion.ipynb #87045837
 class CellTransform(nn.Module):
@@ -312,6 +313,12 @@ class CaloDiT(nn.Module):
             self.layer_tok = nn.Linear(pz, d)        # a token's own layers → its embedding
             self.layer_c = nn.Linear(Z, d)           # all layers → the adaLN condition
             self.register_buffer('v_max', torch.full((cfg.n_detectors, n1), math.inf))
+            # stage 1's read-out (`calibrate_layers`): per detector, energy bin and layer, a threshold on the sampled layer
+            # energy [MeV] and knots of a map of its log, model quantiles → training quantiles (all zero: identity)
+            nb_ = len(THR_EDGES) - 1
+            self.register_buffer('layer_thr', torch.full((cfg.n_detectors, nb_, Z, 1), cfg.thr))
+            self.register_buffer('layer_q', torch.zeros(cfg.n_detectors, nb_, Z, 1, MAP_KNOTS))
+            self.register_buffer('layer_r', torch.zeros(cfg.n_detectors, nb_, Z, 1, MAP_KNOTS))
     def stage1_vector(self, L: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         "Layer energies (N, Z) MeV and packed conditions → stage 1's vector: standardised log layer energies [+ standardised response]."
         v = self.layer_tf(L)
@@ -348,6 +355,9 @@ class CaloDiT(nn.Module):
         for k in ('map_q', 'map_r', 'map_on'):
             if k not in state_dict: state_dict = dict(state_dict, **{k: torch.zeros_like(getattr(self, k))})
         if self.config.layer_model and 'v_max' not in state_dict: state_dict = dict(state_dict, v_max=torch.full_like(self.v_max, math.inf))
+        if self.config.layer_model and 'layer_thr' not in state_dict:     # models shipped before stage 1's read-out: none
+            state_dict = dict(state_dict, layer_thr=torch.full_like(self.layer_thr, self.config.thr),
+                              layer_q=torch.zeros_like(self.layer_q), layer_r=torch.zeros_like(self.layer_r))
         for k in ('total_tf.mean_le', 'total_tf.logstd_le'):        # models whose response is standardised per detector only
             if self.config.layer_total and k not in state_dict and 'total_tf.mean' in state_dict:
                 state_dict = dict(state_dict, **{k: torch.zeros_like(self.total_tf.mean)})
@@ -406,9 +416,11 @@ class CaloDiT(nn.Module):
 
     @torch.no_grad()
     def with_layers(self, cond: torch.Tensor, seed: int | None = None, steps: int = 20, generator: torch.Generator | None = None,
-                    noise: torch.Tensor | None = None) -> torch.Tensor:
+                    noise: torch.Tensor | None = None, layer_readout: bool = True) -> torch.Tensor:
         """Packed conditions (N, 4) → the inputs of `forward`: for a two-stage model, append standardised layer energies
-        sampled by stage 1 (deterministic Heun, `steps`) from standard-normal `noise` (N, `n_layer_noise`), drawn here when not given."""
+        sampled by stage 1 (deterministic Heun, `steps`) from standard-normal `noise` (N, `n_layer_noise`), drawn here when not given.
+        With `layer_readout`, the sampled layer energies go through stage 1's calibrated read-out (`calibrate_layers`:
+        per-layer thresholds and map, the identity until fitted) and are scaled back to their sampled total."""
         if not self.config.layer_model: return cond
         Z = self.config.shape[0]
         sig = karras_sigmas(int(steps), self.config.sigma_min, self.config.sigma_max, self.config.rho)
@@ -419,8 +431,15 @@ class CaloDiT(nn.Module):
         lo = self.stage1_vector(torch.zeros(len(cond), Z), cond)
         was = self.training; self.eval()
         v = heun_sample(self.layer_net, v, cond, sig, clip=(lo, torch.maximum(self.v_max[cond[:, 3].long()], lo)))
+        L = self.stage1_energies(v, cond)
+        if layer_readout:
+            b = cond[:, 3].long()*self.layer_thr.shape[1] + thr_bin(cond[:, 0])
+            L2 = apply_readout(L[:, :, None, None], b, self.layer_thr.flatten(0, 1), self.layer_q.flatten(0, 1), self.layer_r.flatten(0, 1))[:, :, 0, 0]
+            s, T = L2.sum(1, keepdim=True), L.sum(1, keepdim=True)
+            L = torch.where(s > 0, L2*T/s.clamp(min=1e-30), L)                 # the total (the response) stays stage 1's
+            L = torch.where(L >= self.config.thr, L, torch.zeros_like(L))
         self.train(was)
-        return torch.cat([cond[:, :4], self.layer_tf(self.stage1_energies(v, cond))], 1)    # snapped: empty layers exactly at the empty level
+        return torch.cat([cond[:, :4], self.layer_tf(L)], 1)    # snapped: empty layers exactly at the empty level
 
     @torch.no_grad()
     def generate(self, cond: torch.Tensor, noise: torch.Tensor, layer_noise: torch.Tensor | None = None, steps: int = 16,
@@ -861,7 +880,7 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
     for d, _ in parts: check_not_heldout(d, 'training')
     seed_everything(seed)                              # the new stage 1's initialisation depends on the seed only
     m = CaloDiT(replace(model.config, layer_total=total))
-    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max'}
+    keep = {k: v for k, v in model.state_dict().items() if not k.startswith(('layer_net.', 'total_tf.')) and k not in ('v_max', 'layer_thr', 'layer_q', 'layer_r')}
     m.load_state_dict(keep, strict=False)
     L = torch.cat([layer_energies(torch.as_tensor(d.showers, dtype=torch.float32), m.config.thr) for d, _ in parts])
     c = torch.cat([make_conditions(d.energies, d.theta, d.phi, detector_id(det)) for d, det in parts])
@@ -886,12 +905,45 @@ def retrain_stage1(model: CaloDiT, parts: Sequence[tuple], minutes: float = 3.5,
 
 # %% ../../nbs/16_calo.diffusion.ipynb #ddb6a6ff
 @torch.no_grad()
+def calibrate_layers(model: CaloDiT, parts: Sequence[tuple], seed: int = 0, layer_steps: int = 20, min_showers: int = 20,
+                     min_cells: int = 64) -> dict:
+    """Fit stage 1's read-out (`layer_thr`, `layer_q` → `layer_r`) per detector, energy bin and layer with
+    `calo.data.fit_readout` (the cell read-out's code, each layer a one-cell position; sparse layers pooled with their
+    neighbours): the layer energies that stage 1 samples (read-out off) for the conditions of every training shower of
+    the parts, against those of the training showers themselves. The threshold removes the layers that stage 1 fills
+    more often than Geant4 (the deep tail of low-energy showers), the map matches their energy distribution; `with_layers`
+    then scales the layers back to stage 1's total. Stage 1 is a small MLP: all training rows cost seconds.
+    → {detector: showers used}."""
+    if not model.config.layer_model: raise VMLInputError("not a two-stage model (layer_model=False)", field='model')
+    for d, _ in parts: check_not_heldout(d, 'layer calibration')
+    model.layer_thr.fill_(model.config.thr); model.layer_q.zero_(); model.layer_r.zero_()
+    g, groups, used = torch.Generator().manual_seed(int(seed)), {}, {}
+    for d, det in parts: groups.setdefault(detector_id(det), []).append(d)
+    for k, ds in groups.items():
+        cond = torch.cat([make_conditions(d.energies, d.theta, d.phi, k) for d in ds])
+        ref = torch.cat([layer_energies(torch.as_tensor(d.showers, dtype=torch.float32), model.config.thr) for d in ds])
+        gen = model.layer_tf.inverse(torch.cat([model.with_layers(c, steps=layer_steps, generator=g, layer_readout=False)
+                                                for c in cond.split(1000)])[:, 4:])
+        b = thr_bin(cond[:, 0])
+        f = fit_readout(gen[:, :, None, None], b, ref[:, :, None, None], b, model.config.thr, min_showers=min_showers,
+                        min_cells=min_cells, pool=True)
+        model.layer_thr[k], model.layer_q[k], model.layer_r[k] = f['thr'], f['q'], f['r']
+        used[k] = len(cond)
+    return used
+
+@torch.no_grad()
 def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, steps: int = 16, seed: int = 0,
-                         min_showers: int = 20, n_ref: int = 2000, value_map: bool = True, min_cells: int = 64) -> dict:
+                         min_showers: int = 20, n_ref: int = 2000, value_map: bool = True, min_cells: int = 64, pool: bool = True,
+                         layers: bool = True) -> dict:
     """Calibrate the read-out of `model` (`calo.data.fit_readout`: cell thresholds and, with `value_map`, the cell-energy
     map) per detector, energy bin and (z, r): the model's raw cells, sampled for the conditions of the first `n` showers
-    of each part, against the first `n_ref` training showers of the part. → {detector: generated showers}."""
+    of each part, against the first `n_ref` training showers of the part. With `pool` (the default), positions with
+    fewer than `min_cells` cells borrow those of neighbouring layers at the same radius: the outer rings are sparse in
+    every layer, and unmapped there the model's rare large deposits made its showers too wide. With `layers` and a
+    two-stage model, `calibrate_layers` runs first (the cells are generated given stage 1's layers).
+    → {detector: generated showers}."""
     for d, _ in parts: check_not_heldout(d, 'read-out calibration')
+    if layers and model.config.layer_model: calibrate_layers(model, parts, seed=seed)
     Z, P, R = model.config.shape
     model.cell_thr.fill_(model.config.thr); model.map_on.fill_(False); model.map_q.zero_(); model.map_r.zero_()
     groups = {}
@@ -905,7 +957,7 @@ def calibrate_thresholds(model: CaloDiT, parts: Sequence[tuple], n: int = 250, s
         gen = model.sample(1e4*10**cond[:, 0].double().numpy(), (cond[:, 1] + math.pi/2).numpy(), cond[:, 2].numpy(),
                            k, seed=seed, steps=steps, return_torch=True, rescale=False, readout=False)   # what the read-out acts on
         fits[k] = fit_readout(gen, thr_bin(cond[:, 0]), ref, thr_bin(cref[:, 0]), model.config.thr,
-                              min_showers=min_showers, min_cells=min_cells, value_map=value_map)
+                              min_showers=min_showers, min_cells=min_cells, value_map=value_map, pool=pool)
         used[k] = len(gen)
     for k, f in fits.items(): model.cell_thr[k], model.map_q[k], model.map_r[k] = f['thr'], f['q'], f['r']
     model.map_on.fill_(bool(value_map))

@@ -48,7 +48,7 @@ PRETRAINED = {p.name: p for p in [
                (('g4-photons', 'g4_photons'), ('g4-electrons', 'g4_electrons'), ('pbwo4-electrons', 'pbwo4_electrons'),
                 ('pbwo4-photons', 'pbwo4_photons')),
                (f'vml-calo-train-dit --epochs 74 --threads 1 --no-total --calibrate 0 --seed 0 --ckpt {_DIT_CK}',
-                f'vml-calo-train-dit --stage1-only --stage1-steps 5300 --calibrate 250 --seed 0 --threads 1 --ckpt {_DIT_CK}',
+                f'vml-calo-train-dit --stage1-only --stage1-steps 5300 --energy-response --calibrate 500 --seed 0 --threads 1 --ckpt {_DIT_CK}',
                 f'vml-calo-model ship dit-ds2 --checkpoint {_DIT_CK}',
                 'vml-calo-model card dit-ds2'),
                'Geant4 e- (g4-electrons, train rows) and γ with angles (g4-photons, train rows); 2000 + 2000 PbWO4 showers of '
@@ -175,8 +175,7 @@ def ship(name: str, checkpoint, train_minutes: float | None = None, half: bool =
     G32, G16 = load_generator(checkpoint), load_generator(dest)
     costs = {}
     for ds, det in p.judged_on:
-        v = load_g4(G4_DATASETS_INV[ds], 'valid')
-        costs[ds] = fp16_cost(G32, G16, p.kind, v[:min(n_cost, len(v))], det)
+        costs[ds] = fp16_cost(G32, G16, p.kind, reference(ds, 'valid', n_cost), det)     # Geant4 validation rows or simulated PbWO4
     facts = _training_facts(ck, train_minutes)
     run_last, sel_table = checkpoint.parent/'last.pt', checkpoint.parent/f'{checkpoint.stem}_selection.json'
     if p.kind == 'gan' and ck.get('selected') and run_last.exists():      # the whole run, not only the chosen snapshot
