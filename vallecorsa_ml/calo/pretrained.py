@@ -286,10 +286,12 @@ def physics_table(gen: ShowerData, ref: ShowerData, edges_GeV=TABLE_EDGES_GEV, m
 
 # how far from the reference each column may be (the regression guard of the tests, on ~300 held-out Geant4 showers, i.e.
 # 70-150 per half-decade): what the shipped dit-ds2 passes there, and what a model whose response is 1.5x wider than it,
-# or whose showers sit a ring further out, fails. Looser than issue 24's targets (σ within 10 %, radial centroid within
-# 0.05 cells, longitudinal within 0.3 layers), which the shipped model does not meet.
-PHYSICS_TOLERANCE = dict(resp_mean=0.03, resp_spread=(0.6, 1.75), long_centroid=0.6, long_width=0.08,
-                         radial_centroid=0.3, radial_width=0.3)
+# whose showers sit a ring further out, or put a fifth of their energy one ring further out, fails. Looser than issue 24's targets (σ
+# within 10 %, radial centroid within 0.05 cells, longitudinal within 0.3 layers) for the σ and the longitudinal
+# centroid only: on 70-150 showers a σ ratio scatters by about ±0.15 and a mean centroid by ±0.2 layers (the card
+# judges the targets on all 1000-2000 held-out rows).
+PHYSICS_TOLERANCE = dict(resp_mean=0.02, resp_spread=(0.7, 1.6), long_centroid=0.6, long_width=0.06,
+                         radial_centroid=0.1, radial_width=0.1)
 
 def physics_failures(rows: list, tol: dict = PHYSICS_TOLERANCE) -> list:
     "The cells of a `physics_table` outside `tol` (ratio columns: |ratio − 1| ≤ t or lo ≤ ratio ≤ hi; differences: |Δ| ≤ t), as readable strings."
