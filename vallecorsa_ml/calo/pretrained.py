@@ -21,8 +21,8 @@ from ..nnutil import load_checkpoint
 
 # %% auto #0
 __all__ = ['PRETRAINED', 'G4_DATASETS_INV', 'TABLE_EDGES_GEV', 'SIM_SEEDS', 'SIM_N', 'PHYSICS_COLUMNS', 'PHYSICS_TOLERANCE',
-           'Pretrained', 'pretrained', 'models_dir', 'model_path', 'pack_checkpoint', 'fp16_cost', 'ship', 'load_card',
-           'load_pretrained', 'reference', 'reference_rows', 'shower_shapes', 'physics_table', 'physics_failures',
+           'Pretrained', 'pretrained', 'models_dir', 'model_path', 'pack_checkpoint', 'reference', 'reference_rows',
+           'fp16_cost', 'ship', 'load_card', 'load_pretrained', 'shower_shapes', 'physics_table', 'physics_failures',
            'physics_markdown', 'judge', 'model_card', 'model_table', 'card_markdown', 'models_table',
            'write_models_readme', 'vml_model']
 
@@ -113,6 +113,38 @@ def pack_checkpoint(ck: dict, half: bool = True) -> dict:
     out['packed'] = dict(half=sorted(k for k in w if half and k in params), version=1)
     return out
 
+# %% ../../nbs/18_calo.pretrained.ipynb #b2a29ebe
+G4_DATASETS_INV = {v: k for k, v in G4_DATASETS.items()}
+
+TABLE_EDGES_GEV = (1.0, 3.16, 10.0, 31.6, 100.0, 1000.0)   # the table's energy bins: half-decades of the incident energy (GeV)
+SIM_SEEDS = {'valid': 500, 'test': 1000}      # seeds of the simulated PbWO4 references (training: seed 0, `training_parts`)
+SIM_N = 1000                                  # showers per simulated reference
+
+def reference(ds: str, split: str = 'test', n: int | None = None) -> ShowerData:
+    """Reference showers a model is judged on: a shipped Geant4 dataset's rows of `split`, or (`pbwo4-electrons`,
+    `pbwo4-photons`) `SIM_N` showers of the built-in simulator drawn as `calo.diffusion.training_parts` draws the
+    training ones, but with the split's own seed (`SIM_SEEDS`; training used 0), so no shower was seen in training."""
+    if ds in G4_DATASETS_INV: return load_g4(G4_DATASETS_INV[ds], split, n)
+    if ds not in ('pbwo4-electrons', 'pbwo4-photons'):
+        raise VMLInputError(f"unknown reference {ds!r}; choose one of {', '.join([*G4_DATASETS_INV, 'pbwo4-electrons', 'pbwo4-photons'])}", field='data')
+    if split not in SIM_SEEDS: raise VMLInputError(f"simulated references have the splits {', '.join(SIM_SEEDS)}, not {split!r}", field='split')
+    return _simulated(ds, SIM_SEEDS[split], SIM_N)[:n or SIM_N]
+
+def _simulated(ds, seed, n):
+    from vallecorsa_ml.calo.diffusion import training_parts
+    key = (ds, seed, n)
+    if key not in _SIM_CACHE: _SIM_CACHE.update({(d.replace('_', '-'), seed, n): s for s, d in training_parts(0, 0, n, seed=seed)})
+    return _SIM_CACHE[key]
+_SIM_CACHE = {}
+
+def reference_rows(ds: str, split: str, n_rows: int) -> str:
+    "Readable description of the reference rows: 'g4-photons rows 3000–3999', or the simulator, its seed and count."
+    if ds in G4_DATASETS_INV:
+        a, _ = split_rows(ds, split)
+        return f"{ds} rows {a}–{a + n_rows - 1}"
+    return f"{ds}: calo.simulate, seed {SIM_SEEDS[split]}, {n_rows} showers"
+
+
 # %% ../../nbs/18_calo.pretrained.ipynb #be406d9c
 def _sample(G, kind: str, d: ShowerData, detector, seed: int):
     "Showers of generator `G` under the conditions of `d` (energy; θ, φ for the diffusion model) with noise seed `seed`."
@@ -188,8 +220,6 @@ def ship(name: str, checkpoint, train_minutes: float | None = None, half: bool =
     save_json(card, dest.with_suffix('.json'))
     return dest
 
-G4_DATASETS_INV = {v: k for k, v in G4_DATASETS.items()}
-
 # %% ../../nbs/18_calo.pretrained.ipynb #615fab52
 def load_card(name: str, folder=None) -> dict | None:
     "The card (`models/<name>.json`) of shipped model `name`, or None when it has none yet."
@@ -207,36 +237,6 @@ def load_pretrained(name: str, folder=None, **kwargs) -> torch.nn.Module:
     if card and card.get('file', {}).get('sha256') and _sha256(p) != card['file']['sha256']:
         raise VMLInputError(f"does not match the sha256 in its card: damaged, or replaced without `vml-calo-model ship {name}`", file=p)
     return load_generator(p, **kwargs)
-
-# %% ../../nbs/18_calo.pretrained.ipynb #b2a29ebe
-TABLE_EDGES_GEV = (1.0, 3.16, 10.0, 31.6, 100.0, 1000.0)   # the table's energy bins: half-decades of the incident energy (GeV)
-SIM_SEEDS = {'valid': 500, 'test': 1000}      # seeds of the simulated PbWO4 references (training: seed 0, `training_parts`)
-SIM_N = 1000                                  # showers per simulated reference
-
-def reference(ds: str, split: str = 'test', n: int | None = None) -> ShowerData:
-    """Reference showers a model is judged on: a shipped Geant4 dataset's rows of `split`, or (`pbwo4-electrons`,
-    `pbwo4-photons`) `SIM_N` showers of the built-in simulator drawn as `calo.diffusion.training_parts` draws the
-    training ones, but with the split's own seed (`SIM_SEEDS`; training used 0), so no shower was seen in training."""
-    if ds in G4_DATASETS_INV: return load_g4(G4_DATASETS_INV[ds], split, n)
-    if ds not in ('pbwo4-electrons', 'pbwo4-photons'):
-        raise VMLInputError(f"unknown reference {ds!r}; choose one of {', '.join([*G4_DATASETS_INV, 'pbwo4-electrons', 'pbwo4-photons'])}", field='data')
-    if split not in SIM_SEEDS: raise VMLInputError(f"simulated references have the splits {', '.join(SIM_SEEDS)}, not {split!r}", field='split')
-    return _simulated(ds, SIM_SEEDS[split], SIM_N)[:n or SIM_N]
-
-def _simulated(ds, seed, n):
-    from vallecorsa_ml.calo.diffusion import training_parts
-    key = (ds, seed, n)
-    if key not in _SIM_CACHE: _SIM_CACHE.update({(d.replace('_', '-'), seed, n): s for s, d in training_parts(0, 0, n, seed=seed)})
-    return _SIM_CACHE[key]
-_SIM_CACHE = {}
-
-def reference_rows(ds: str, split: str, n_rows: int) -> str:
-    "Readable description of the reference rows: 'g4-photons rows 3000–3999', or the simulator, its seed and count."
-    if ds in G4_DATASETS_INV:
-        a, _ = split_rows(ds, split)
-        return f"{ds} rows {a}–{a + n_rows - 1}"
-    return f"{ds}: calo.simulate, seed {SIM_SEEDS[split]}, {n_rows} showers"
-
 
 # %% ../../nbs/18_calo.pretrained.ipynb #8a009cdd
 def shower_shapes(d: ShowerData) -> dict:
