@@ -223,13 +223,18 @@ def results_dir() -> Path:
     return checkout_folder('results', 'results', 'results/ lives in the repository')
 
 def record_results(results: Sequence[NotebookRun], profile: str, command: str | None = None, folder=None) -> list[Path]:
-    "Write `results/<notebook>.json` (metrics + provenance) for every notebook of `results` that ran ok; → the files."
+    """Write `results/<notebook>.json` (metrics + provenance) for every notebook of `results` that ran ok; → the files.
+    Other top-level keys of an existing record (e.g. `experiments`, written by hand-run studies with their own
+    provenance) are kept: a new run replaces the run's figures, not the studies beside them."""
     folder = Path(folder) if folder else results_dir()
     prov, out = provenance(command), []
+    own = ('notebook', 'profile', 'seconds', 'provenance', 'metrics')
     for r in results:
         if r.status != 'ok': continue
+        f = folder/f'{r.name}.json'
+        keep = {k: v for k, v in (load_json(f) if f.exists() else {}).items() if k not in own}
         out.append(save_json(dict(notebook=r.name, profile=profile, seconds=round(r.seconds, 1), provenance=prov,
-                                  metrics=r.metrics), folder/f'{r.name}.json'))
+                                  metrics=r.metrics, **keep), f))
     return out
 
 # %% ../nbs/01_pipeline.ipynb #a3cc26ea
