@@ -35,13 +35,16 @@ def test_train_resume_generate_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     c2 = torch.load(ck, weights_only=False)
     assert all(torch.equal(c1['model'][k], c2['model'][k]) for k in c1['model'])
-    # stage 1 retrained alone, with the response coordinate: stage 2 (the EMA weights) kept, written back to the checkpoint
+    # stage 1 retrained alone, with the response coordinate: stage 2 (the EMA weights) kept, written back to the checkpoint;
+    # stage 1's own buffers (its clip range and its read-out, refitted by the calibration) change with it
     r = _run(TRAIN, '--stage1-only', '--minutes', 0.05, *common)
     assert r.returncode == 0, r.stderr
     c3 = torch.load(ck, weights_only=False)
     assert c3['config']['layer_total'] and c3['meta']['stage1_steps'] > 0 and c3['opt'] is None
+    stage1 = ('v_max', 'layer_thr', 'layer_q', 'layer_r')
     assert all(torch.equal(c2['ema'][k], c3['model'][k]) for k in c2['ema']
-               if not k.startswith(('layer_net.', 'total_tf.')) and k != 'v_max')
+               if not k.startswith(('layer_net.', 'total_tf.')) and k not in stage1)
+    assert not torch.equal(c2['ema']['layer_q'], c3['model']['layer_q'])       # the read-out of the new stage 1
     out = tmp_path/'gen.h5'
     gen = lambda o, *a: _run(GENERATE, '--checkpoint', ck, '--out', o, *a)
     r = gen(out, '--energies', '20-60GeV', '--n', 6, '--theta', '1.9-2.1', '--steps', 4, '--detector', 'g4_photons')
